@@ -1,0 +1,1 @@
+"""Runtimes that run review workspaces; see :mod:`bot.runtime.base`."""

@@ -1,0 +1,212 @@
+"""Typed settings, read once from ``RWBOT_``-prefixed environment variables.
+
+Everything the bot can be told lives in :class:`Settings`. :func:`from_env` parses
+and validates it at start-up; a missing or bad value raises :class:`SettingsError`
+whose message names the variable, so the process stops with one clear line instead
+of failing later inside a request. Secrets may be given as ``RWBOT_X`` or, to keep
+them out of the environment of child processes, as ``RWBOT_X_FILE`` pointing at a
+file that holds the value.
+
+Tests build a ``Settings`` directly (see ``tests/conftest.py``) rather than
+patching the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from bot.errors import ConfigError
+
+PREFIX = "RWBOT_"
+
+# GitLab access levels (docs.gitlab.com/api/members, "Roles").
+GUEST = 10
+REPORTER = 20
+DEVELOPER = 30
+MAINTAINER = 40
+
+
+class SettingsError(ConfigError):
+    """A configuration value is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot is configured with. Build with :func:`from_env`."""
+
+    gitlab_url: str
+    gitlab_token: str = field(repr=False)
+    webhook_secret: str = field(repr=False)
+    public_url: str
+    database_url: str = "sqlite:///rwbot.db"
+    runtime: str = "docker"
+    workspace_image: str = "localhost/rwbot-workspace:latest"
+
+    #: Standard Webhooks signing secret (``whsec_…``); when set, signatures are
+    #: required in addition to ``X-Gitlab-Token``.
+    webhook_signing_secret: str | None = field(default=None, repr=False)
+    #: Projects (ids or paths) whose open MRs the resync looks for; projects that
+    #: have sent a webhook are served as well.
+    projects: tuple[str, ...] = ()
+    start_drafts: bool = True
+    #: Seconds between resyncs against GitLab and the runtime.
+    resync_interval: float = 300.0
+    #: Seconds a worker may hold a claimed workspace before others may take it.
+    claim_lease: float = 120.0
+    #: Backoff after a temporary failure: base seconds, doubled per attempt, capped.
+    retry_base: float = 2.0
+    retry_max: float = 300.0
+    #: Distinguishes this installation's containers from any other on the host.
+    instance: str = "default"
+    workspace_network: str = "bridge"
+    workspace_memory: str = "2g"
+    workspace_cpus: float = 2.0
+    workspace_pids: int = 1024
+    #: Where the checkout lives inside the workspace: ``<root>/<project path>``.
+    workspace_root: str = "/workspace"
+    #: Seconds to wait for a new workspace to come up before calling it failed.
+    start_timeout: float = 120.0
+    log_format: str = "plain"
+    log_level: str = "INFO"
+    #: Signs session cookies; generated per process when unset (sessions then do
+    #: not survive restarts and several replicas cannot share them).
+    session_secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    #: Largest webhook body accepted, in bytes (GitLab's own limit is 25 MB).
+    max_body_bytes: int = 25 * 1024 * 1024
+    #: The bot user's id, learnt from the token at start; events it caused are
+    #: ignored. ``None`` until :func:`bot.gitlab.Client.whoami` has run.
+    bot_user_id: int | None = None
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _read(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(PREFIX + name)
+    path = env.get(PREFIX + name + "_FILE")
+    if value is not None and path is not None:
+        raise SettingsError(f"{PREFIX}{name}: set it or {PREFIX}{name}_FILE, not both")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as err:
+            raise SettingsError(
+                f"{PREFIX}{name}_FILE: cannot read {path}: {err.strerror}"
+            ) from err
+    return value
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = _read(env, name)
+    if not value:
+        raise SettingsError(f"{PREFIX}{name} is required")
+    return value
+
+
+def _url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(f"{PREFIX}{name}: expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _number(name: str, value: str | None, default: float, minimum: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}: expected a number, got {value!r}") from None
+    if number < minimum:
+        raise SettingsError(f"{PREFIX}{name}: must be at least {minimum}, got {value}")
+    return number
+
+
+def _bool(name: str, value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{PREFIX}{name}: expected true or false, got {value!r}")
+
+
+def _choice(name: str, value: str | None, default: str, choices: tuple[str, ...]) -> str:
+    if value is None or value == "":
+        return default
+    if value not in choices:
+        raise SettingsError(f"{PREFIX}{name}: expected one of {', '.join(choices)}")
+    return value
+
+
+_INSTANCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_MEMORY = re.compile(r"^[0-9]+[kmg]?$")
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Parse and validate the configuration; raise :class:`SettingsError` if wrong."""
+    env = os.environ if env is None else env
+    signing = _read(env, "WEBHOOK_SIGNING_SECRET") or None
+    if signing is not None and not signing.startswith("whsec_"):
+        raise SettingsError(f"{PREFIX}WEBHOOK_SIGNING_SECRET: expected a whsec_ secret")
+
+    instance = env.get(PREFIX + "INSTANCE", "default")
+    if not _INSTANCE.match(instance):
+        raise SettingsError(f"{PREFIX}INSTANCE: lower-case letters, digits and '-' only")
+    memory = env.get(PREFIX + "WORKSPACE_MEMORY", "2g").lower()
+    if not _MEMORY.match(memory):
+        raise SettingsError(f"{PREFIX}WORKSPACE_MEMORY: expected e.g. 512m or 2g")
+    projects = tuple(
+        p.strip() for p in env.get(PREFIX + "PROJECTS", "").split(",") if p.strip()
+    )
+
+    settings = Settings(
+        gitlab_url=_url("GITLAB_URL", _required(env, "GITLAB_URL")),
+        gitlab_token=_required(env, "GITLAB_TOKEN"),
+        webhook_secret=_required(env, "WEBHOOK_SECRET"),
+        public_url=_url("PUBLIC_URL", _required(env, "PUBLIC_URL")),
+        database_url=env.get(PREFIX + "DATABASE_URL") or "sqlite:///rwbot.db",
+        runtime=_choice("RUNTIME", env.get(PREFIX + "RUNTIME"), "docker", ("docker",)),
+        workspace_image=env.get(PREFIX + "WORKSPACE_IMAGE")
+        or "localhost/rwbot-workspace:latest",
+        webhook_signing_secret=signing,
+        projects=projects,
+        start_drafts=_bool("START_DRAFTS", env.get(PREFIX + "START_DRAFTS"), True),
+        resync_interval=_number(
+            "RESYNC_INTERVAL", env.get(PREFIX + "RESYNC_INTERVAL"), 300.0, 1.0
+        ),
+        instance=instance,
+        workspace_network=env.get(PREFIX + "WORKSPACE_NETWORK") or "bridge",
+        workspace_memory=memory,
+        workspace_cpus=_number(
+            "WORKSPACE_CPUS", env.get(PREFIX + "WORKSPACE_CPUS"), 2.0, 0.1
+        ),
+        workspace_pids=int(
+            _number("WORKSPACE_PIDS", env.get(PREFIX + "WORKSPACE_PIDS"), 1024, 16)
+        ),
+        start_timeout=_number(
+            "START_TIMEOUT", env.get(PREFIX + "START_TIMEOUT"), 120.0, 1.0
+        ),
+        log_format=_choice(
+            "LOG_FORMAT", env.get(PREFIX + "LOG_FORMAT"), "plain", ("plain", "json")
+        ),
+        log_level=_choice(
+            "LOG_LEVEL",
+            (env.get(PREFIX + "LOG_LEVEL") or "").upper() or None,
+            "INFO",
+            ("DEBUG", "INFO", "WARNING", "ERROR"),
+        ),
+    )
+    session_secret = _read(env, "SESSION_SECRET")
+    if session_secret:
+        settings = settings.with_overrides(session_secret=session_secret)
+    return settings
