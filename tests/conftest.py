@@ -21,3 +21,23 @@ def postgres_url() -> Iterator[str]:
     """SQLAlchemy URL of a PostgreSQL server started for this session."""
     with services.postgres_server() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request, tmp_path) -> str:
+    """A fresh, empty database: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/rwbot.db"
+    server = request.getfixturevalue("postgres_url")
+    return services.create_database(server)
+
+
+@pytest.fixture
+def store(database_url):
+    """A migrated store on each supported database."""
+    from bot.store import Store
+
+    s = Store(database_url)
+    s.migrate()
+    yield s
+    s.dispose()

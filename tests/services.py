@@ -158,3 +158,18 @@ def postgres_server() -> Iterator[str]:
         proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+
+def create_database(server_url: str) -> str:
+    """Create a new, empty database on the server; return its URL."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    host_part = server_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_part.split(":")
+    dsn = f"host={host} port={port} user=rwbot dbname=postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + f"/{name}"

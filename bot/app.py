@@ -1,0 +1,69 @@
+"""The Flask application factory.
+
+``create_app()`` with no arguments reads the environment, which is what
+``gunicorn "bot.app:create_app()"`` does; tests and ``rwbot serve`` pass a
+:class:`~bot.settings.Settings` and, if they like, their own store, GitLab
+client and runtime.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from prometheus_client import CollectorRegistry
+
+from bot import health, logs, settings as settings_mod, webhooks
+from bot.gitlab import Client
+from bot.runtime.base import Runtime
+from bot.settings import Settings
+from bot.store import Store
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    gitlab: Client | None = None,
+    runtime: Runtime | None = None,
+) -> Flask:
+    if settings is None:
+        settings = settings_mod.from_env()
+        logs.configure(settings.log_format, settings.log_level, secrets_of(settings))
+    store = store or Store(settings.database_url)
+    gitlab = gitlab or Client(settings)
+
+    app = Flask(__name__)
+    app.config.update(
+        RWBOT_SETTINGS=settings,
+        RWBOT_STORE=store,
+        RWBOT_GITLAB=gitlab,
+        RWBOT_RUNTIME=runtime,
+        RWBOT_METRICS=_metrics_registry(store),
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        SECRET_KEY=settings.session_secret,
+        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
+    return app
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every configured secret, for the log filter that masks them."""
+    return [
+        s
+        for s in (
+            settings.gitlab_token,
+            settings.webhook_secret,
+            settings.webhook_signing_secret,
+            settings.session_secret,
+        )
+        if s
+    ]
+
+
+def _metrics_registry(store: Store) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(health.WorkspaceCollector(store))
+    return registry

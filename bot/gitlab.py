@@ -1,0 +1,244 @@
+"""The one place the bot talks to GitLab's REST API, through python-gitlab.
+
+Every call goes through :meth:`Client._call`, which turns library errors into the
+bot's own: rate limits (429), server errors (5xx) and unreachable hosts become
+:class:`TemporaryError` carrying GitLab's ``Retry-After``; a bad token becomes
+:class:`ConfigError`. python-gitlab's own sleeping retries are switched off so
+that a rate-limited merge request is rescheduled by the reconciler instead of
+blocking a worker thread, and other work is not held up behind it.
+
+python-gitlab's exceptions do not keep response headers, so a ``requests``
+response hook remembers the last ``Retry-After`` seen by this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import gitlab
+import gitlab.exceptions
+import requests
+
+from bot.errors import ConfigError, PermanentError, TemporaryError
+from bot.lifecycle import MergeRequestFacts
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class NotFound(PermanentError):
+    """GitLab answered 404: the object is gone or the bot cannot see it."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    path: str
+    http_url: str
+    web_url: str
+
+
+@dataclass(frozen=True)
+class Hook:
+    id: int
+    created: bool
+
+
+HOOK_EVENTS = {
+    "merge_requests_events": True,
+    "note_events": True,
+    "push_events": False,
+    "issues_events": False,
+    "tag_push_events": False,
+    "pipeline_events": False,
+    "job_events": False,
+    "wiki_page_events": False,
+    "deployment_events": False,
+    "releases_events": False,
+    "confidential_note_events": False,
+    "enable_ssl_verification": True,
+}
+
+
+class Client:
+    """A GitLab API client acting as the bot's own user."""
+
+    def __init__(self, settings: Settings, *, timeout: float = 10.0) -> None:
+        self._local = threading.local()
+        session = requests.Session()
+        session.hooks["response"].append(self._remember_retry_after)
+        self._gl = gitlab.Gitlab(
+            settings.gitlab_url,
+            private_token=settings.gitlab_token,
+            timeout=timeout,
+            session=session,
+            retry_transient_errors=False,
+            user_agent="review-workspace-bot",
+        )
+        self._http_url = settings.gitlab_url
+
+    def _remember_retry_after(
+        self, response: requests.Response, *_args: Any, **_kwargs: Any
+    ) -> None:
+        self._local.retry_after = response.headers.get("Retry-After")
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        self._local.retry_after = None
+        try:
+            # max_retries=0 and obey_rate_limit=False are passed per call below;
+            # here we only translate the outcome.
+            return fn()
+        except gitlab.exceptions.GitlabAuthenticationError as err:
+            raise ConfigError(f"GitLab rejected the bot's token ({what})") from err
+        except gitlab.exceptions.GitlabError as err:
+            code = err.response_code or 0
+            if code == 429 or code >= 500:
+                raise TemporaryError(
+                    f"GitLab answered {code} to {what}",
+                    retry_after=_seconds(self._local.retry_after),
+                ) from err
+            if code == 404:
+                raise NotFound(f"{what}: not found") from err
+            if code == 403:
+                raise ConfigError(f"the bot's token may not {what}") from err
+            raise PermanentError(f"GitLab refused to {what} ({code})") from err
+        except requests.RequestException as err:
+            raise TemporaryError(f"GitLab unreachable ({what})") from err
+
+    # Options that make python-gitlab fail fast and leave retries to us.
+    _fast = {"obey_rate_limit": False, "max_retries": 0}
+
+    def whoami(self) -> User:
+        def call() -> User:
+            self._gl.auth()
+            user = self._gl.user
+            assert user is not None
+            return User(user.id, user.username, user.name)
+
+        return self._call("read its own user", call)
+
+    def ping(self) -> None:
+        self._call("answer /version", lambda: self._gl.version())
+
+    def project(self, project: int | str) -> Project:
+        def call() -> Project:
+            p = self._gl.projects.get(project, **self._fast)
+            return Project(p.id, p.path_with_namespace, p.http_url_to_repo, p.web_url)
+
+        return self._call(f"read project {project}", call)
+
+    def merge_request(self, project: Project, iid: int) -> MergeRequestFacts:
+        def call() -> MergeRequestFacts:
+            p = self._gl.projects.get(project.id, lazy=True)
+            return _facts(project, p.mergerequests.get(iid, **self._fast))
+
+        return self._call(f"read merge request !{iid}", call)
+
+    def open_merge_requests(self, project: Project) -> list[MergeRequestFacts]:
+        def call() -> list[MergeRequestFacts]:
+            p = self._gl.projects.get(project.id, lazy=True)
+            mrs = p.mergerequests.list(
+                state="opened", iterator=True, per_page=100, **self._fast
+            )
+            return [_facts(project, mr) for mr in mrs]
+
+        return self._call(f"list open merge requests of {project.path}", call)
+
+    def find_note(
+        self, project_id: int, iid: int, marker: str, author_id: int | None
+    ) -> int | None:
+        """The id of the bot's note containing ``marker``, looking at every page."""
+
+        def call() -> int | None:
+            mr = self._mr(project_id, iid)
+            notes = mr.notes.list(
+                iterator=True, per_page=100, sort="asc", order_by="created_at",
+                **self._fast,
+            )
+            for note in notes:
+                if marker in (note.body or "") and (
+                    author_id is None or note.author["id"] == author_id
+                ):
+                    return int(note.id)
+            return None
+
+        return self._call(f"list notes of !{iid}", call)
+
+    def create_note(self, project_id: int, iid: int, body: str) -> int:
+        def call() -> int:
+            note = self._mr(project_id, iid).notes.create({"body": body}, **self._fast)
+            return int(note.id)
+
+        return self._call(f"comment on !{iid}", call)
+
+    def edit_note(self, project_id: int, iid: int, note_id: int, body: str) -> None:
+        def call() -> None:
+            notes = self._mr(project_id, iid).notes
+            notes.update(note_id, {"body": body}, **self._fast)
+
+        self._call(f"edit note {note_id} on !{iid}", call)
+
+    def install_hook(
+        self, project: Project, url: str, secret: str, signing_secret: str | None
+    ) -> Hook:
+        """Create the bot's webhook on ``project``, or update the one at ``url``."""
+
+        def call() -> Hook:
+            p = self._gl.projects.get(project.id, lazy=True)
+            attrs: dict[str, Any] = {"url": url, "token": secret, **HOOK_EVENTS}
+            if signing_secret:
+                attrs["signing_token"] = signing_secret
+            for hook in p.hooks.list(iterator=True, **self._fast):
+                if hook.url == url:
+                    p.hooks.update(hook.id, attrs, **self._fast)
+                    return Hook(int(hook.id), created=False)
+            hook = p.hooks.create(attrs, **self._fast)
+            return Hook(int(hook.id), created=True)
+
+        return self._call(f"manage webhooks of {project.path}", call)
+
+    def _mr(self, project_id: int, iid: int) -> Any:
+        return self._gl.projects.get(project_id, lazy=True).mergerequests.get(
+            iid, lazy=True
+        )
+
+
+def _facts(project: Project, mr: Any) -> MergeRequestFacts:
+    from bot.hooks import parse_time
+
+    return MergeRequestFacts(
+        project_id=project.id,
+        mr_iid=int(mr.iid),
+        project_path=project.path,
+        project_http_url=project.http_url,
+        mr_url=str(mr.web_url),
+        title=str(mr.title),
+        state=str(mr.state),
+        head_sha=str(mr.sha),
+        draft=bool(getattr(mr, "draft", False) or getattr(mr, "work_in_progress", False)),
+        is_fork=int(mr.source_project_id) != int(mr.target_project_id),
+        source_branch=str(mr.source_branch),
+        updated_at=parse_time(getattr(mr, "updated_at", None)),
+    )
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

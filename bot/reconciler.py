@@ -1,0 +1,315 @@
+"""The reconciler: makes the runtime and the MR comment match the store.
+
+Work is level-triggered. Each pass claims a few due workspace rows (see
+:func:`bot.store.claim`), looks at what the row says the workspace should be,
+asks the runtime what it is, acts to close the gap, and edits the MR comment if
+its text changed. Every step is idempotent, so a pass interrupted by ``kill -9``
+is simply done again by whichever worker claims the row once the lease runs out.
+
+A resync, every ``resync_interval`` seconds, repairs what events cannot: it
+re-reads the tracked merge requests and the served projects' open ones from
+GitLab (a webhook may never have arrived) and removes runtime objects labelled
+as ours that no row wants any more (an orphan left by a lost store).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import socket
+import threading
+import time
+
+import sqlalchemy as sa
+from prometheus_client import Histogram
+
+from bot import comments, lifecycle
+from bot.errors import PermanentError, TemporaryError
+from bot.gitlab import Client, NotFound, Project
+from bot.lifecycle import Action, Desired, Phase
+from bot.runtime.base import Phase as RuntimePhase
+from bot.runtime.base import Runtime, Source, Spec, WorkspaceKey
+from bot.settings import Settings
+from bot.store import Delivery, Store, Workspace, claim, release, utcnow
+
+log = logging.getLogger(__name__)
+
+RECONCILE_SECONDS = Histogram(
+    "rwbot_reconcile_seconds", "Time to converge one workspace", ["outcome"]
+)
+#: How long deliveries are kept for recognising redeliveries.
+DELIVERY_RETENTION = dt.timedelta(days=7)
+
+
+def backoff(attempts: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Seconds to wait before retry number ``attempts`` (1-based).
+
+    Exponential with "equal jitter" so that many workspaces failing together
+    (GitLab down) do not all come back in the same second, and never sooner
+    than the server asked for.
+    """
+    delay = min(cap, base * 2 ** max(0, attempts - 1))
+    delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - not crypto
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        gitlab: Client,
+        runtime: Runtime,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gitlab = gitlab
+        self.runtime = runtime
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._last_resync = 0.0
+
+    # -- driving --------------------------------------------------------------
+
+    def run_once(self, limit: int = 10) -> int:
+        """Claim up to ``limit`` due workspaces and converge each; return how many."""
+        worker = f"{self.name}:{threading.get_ident()}"
+        with self.store.session() as session:
+            rows = claim(session, worker, self.settings.claim_lease, limit)
+        for ws in rows:
+            self.converge(ws, worker)
+        return len(rows)
+
+    def run_forever(self, stop: threading.Event, idle_wait: float = 0.5) -> None:
+        """Work until ``stop`` is set; resync on schedule."""
+        while not stop.is_set():
+            try:
+                if time.monotonic() - self._last_resync >= self.settings.resync_interval:
+                    self.resync()
+                if self.run_once() == 0:
+                    stop.wait(idle_wait)
+            except TemporaryError as err:
+                log.warning("reconciler paused", extra={"error": str(err)})
+                stop.wait(min(self.settings.retry_max, 5.0))
+            except Exception:
+                log.exception("reconciler pass failed")
+                stop.wait(1.0)
+
+    # -- one workspace --------------------------------------------------------
+
+    def converge(self, ws: Workspace, worker: str) -> None:
+        seen_version = ws.version
+        key = WorkspaceKey(ws.project_id, ws.mr_iid)
+        started = time.perf_counter()
+        outcome = "settled"
+        due_at: dt.datetime | None = None
+        changes: dict[str, object] = {}
+        try:
+            changes.update(self._converge_runtime(ws, key))
+            changes["attempts"] = 0
+        except TemporaryError as err:
+            outcome = "retry"
+            changes["attempts"] = ws.attempts + 1
+            due_at = self._retry_at(changes["attempts"], err)  # type: ignore[arg-type]
+            log.warning(
+                "workspace will be retried",
+                extra={"workspace": key.slug(), "error": str(err)},
+            )
+        except PermanentError as err:
+            outcome = "failed"
+            changes.update(phase=Phase.FAILED, reason=err.reason)
+            log.info("workspace failed", extra={"workspace": key.slug(), "reason": err.reason})
+        for name, value in changes.items():
+            setattr(ws, name, value)
+
+        try:
+            changes.update(self._update_comment(ws))
+        except TemporaryError as err:
+            outcome = "retry"
+            attempts = int(changes.get("attempts", 0) or 0) + 1
+            changes["attempts"] = attempts
+            due_at = self._retry_at(attempts, err)
+            log.warning(
+                "comment update will be retried",
+                extra={"workspace": key.slug(), "error": str(err)},
+            )
+        except PermanentError as err:
+            log.error("comment update failed", extra={"workspace": key.slug(), "error": err.reason})
+
+        with self.store.session() as session:
+            release(session, ws, worker, seen_version, due_at, **changes)
+        RECONCILE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    def _retry_at(self, attempts: int, err: TemporaryError) -> dt.datetime:
+        delay = backoff(
+            attempts, self.settings.retry_base, self.settings.retry_max, err.retry_after
+        )
+        return utcnow() + dt.timedelta(seconds=delay)
+
+    def _converge_runtime(self, ws: Workspace, key: WorkspaceKey) -> dict[str, object]:
+        plan = lifecycle.plan(ws, start_drafts=self.settings.start_drafts)
+        if plan.action == Action.REMOVE:
+            self.runtime.remove(key)
+            return {"phase": Phase.REMOVED, "reason": ""}
+        if plan.action == Action.STOP:
+            self.runtime.stop(key)
+            return {"phase": Phase.STOPPED, "reason": ""}
+        if plan.action == Action.HOLD:
+            return {"phase": plan.phase, "reason": ""}
+
+        status = self.runtime.status(key)
+        current = status.generation == ws.generation
+        if current and status.phase == RuntimePhase.RUNNING and ws.running_sha:
+            return {"phase": Phase.READY, "reason": ""}
+        if current and status.phase == RuntimePhase.STOPPED and ws.phase == Phase.READY:
+            return {
+                "phase": Phase.FAILED,
+                "reason": f"the workspace stopped unexpectedly: {status.reason}",
+            }
+        if ws.phase == Phase.FAILED:
+            # No automatic retry of a permanent failure (no crash loop); a
+            # reopen or a restart command starts a new attempt.
+            return {}
+        spec = self._spec(ws, key, plan.sha)
+        self.runtime.ensure_running(spec)
+        return {"phase": Phase.READY, "reason": "", "running_sha": plan.sha}
+
+    def _spec(self, ws: Workspace, key: WorkspaceKey, sha: str) -> Spec:
+        s = self.settings
+        return Spec(
+            key=key,
+            generation=ws.generation,
+            image=s.workspace_image,
+            source=Source(
+                # The URL is built from our own configuration, not the payload,
+                # so the bot's token is only ever sent to the configured GitLab.
+                url=f"{s.gitlab_url}/{ws.project_path}.git",
+                ref=f"refs/merge-requests/{ws.mr_iid}/head",
+                sha=sha,
+                path=ws.project_path,
+                token=s.gitlab_token,
+            ),
+            memory=s.workspace_memory,
+            cpus=s.workspace_cpus,
+            pids=s.workspace_pids,
+            network=s.workspace_network,
+            checkout_root=s.workspace_root,
+        )
+
+    def _update_comment(self, ws: Workspace) -> dict[str, object]:
+        body = comments.render(ws, public_url=self.settings.public_url)
+        digest = comments.digest(body)
+        if digest == ws.note_digest:
+            return {}
+        note_id = ws.note_id or self.gitlab.find_note(
+            ws.project_id,
+            ws.mr_iid,
+            comments.marker(ws.project_id, ws.mr_iid),
+            self.settings.bot_user_id,
+        )
+        if note_id is not None:
+            try:
+                self.gitlab.edit_note(ws.project_id, ws.mr_iid, note_id, body)
+            except NotFound:
+                note_id = None  # someone deleted it: post a new one
+        if note_id is None:
+            note_id = self.gitlab.create_note(ws.project_id, ws.mr_iid, body)
+        ws.note_id, ws.note_digest = note_id, digest
+        return {"note_id": note_id, "note_digest": digest}
+
+    # -- resync ---------------------------------------------------------------
+
+    def resync(self) -> None:
+        """Correct what missed webhooks and lost stores left wrong."""
+        self._last_resync = time.monotonic()
+        started = time.perf_counter()
+        with self.store.session() as session:
+            tracked = session.scalars(
+                sa.select(Workspace).where(
+                    sa.or_(Workspace.desired != Desired.GONE, Workspace.phase != Phase.REMOVED)
+                )
+            ).all()
+            project_ids = set(session.scalars(sa.select(Workspace.project_id).distinct()))
+        for ws in tracked:
+            self._resync_one(ws)
+        for project in {*self.settings.projects, *map(str, project_ids)}:
+            self._resync_project(project)
+        self._remove_orphans()
+        with self.store.session() as session:
+            session.execute(
+                sa.delete(Delivery).where(Delivery.received_at < utcnow() - DELIVERY_RETENTION)
+            )
+        log.info("resync done", extra={"seconds": round(time.perf_counter() - started, 3)})
+
+    def _resync_one(self, ws: Workspace) -> None:
+        project = Project(ws.project_id, ws.project_path, ws.project_http_url, "")
+        try:
+            facts = self.gitlab.merge_request(project, ws.mr_iid)
+        except NotFound:
+            # A deleted MR sends no webhook; treat it like a closed one.
+            facts = _gone(ws)
+        self._observe(facts)
+
+    def _resync_project(self, project_ref: str) -> None:
+        try:
+            project = self.gitlab.project(int(project_ref) if project_ref.isdigit() else project_ref)
+            open_mrs = self.gitlab.open_merge_requests(project)
+        except PermanentError as err:
+            log.warning("project not resynced", extra={"project": project_ref, "error": err.reason})
+            return
+        for facts in open_mrs:
+            self._observe(facts)
+
+    def _observe(self, facts: lifecycle.MergeRequestFacts) -> None:
+        with self.store.session() as session:
+            ws = session.scalars(
+                sa.select(Workspace).where(
+                    Workspace.project_id == facts.project_id,
+                    Workspace.mr_iid == facts.mr_iid,
+                )
+            ).one_or_none()
+            if ws is None:
+                if facts.state == "opened":
+                    session.add(lifecycle.new_workspace(facts))
+                    log.info("resync found an untracked merge request",
+                             extra={"project": facts.project_id, "mr": facts.mr_iid})
+            elif lifecycle.observe(ws, facts):
+                log.info("resync corrected a merge request",
+                         extra={"project": facts.project_id, "mr": facts.mr_iid})
+
+    def _remove_orphans(self) -> None:
+        with self.store.session() as session:
+            wanted = {
+                (row.project_id, row.mr_iid): row.generation
+                for row in session.execute(
+                    sa.select(Workspace.project_id, Workspace.mr_iid, Workspace.generation)
+                    .where(Workspace.desired != Desired.GONE)
+                )
+            }
+        for listed in self.runtime.list_ours():
+            generation = wanted.get((listed.key.project_id, listed.key.mr_iid))
+            if generation is None:
+                log.info("removing an orphaned workspace", extra={"workspace": listed.name})
+                self.runtime.remove(listed.key)
+
+
+def _gone(ws: Workspace) -> lifecycle.MergeRequestFacts:
+    return lifecycle.MergeRequestFacts(
+        project_id=ws.project_id,
+        mr_iid=ws.mr_iid,
+        project_path=ws.project_path,
+        project_http_url=ws.project_http_url,
+        mr_url=ws.mr_url,
+        title=ws.title,
+        state="closed",
+        head_sha=ws.head_sha,
+        draft=ws.draft,
+        is_fork=ws.is_fork,
+        source_branch=ws.source_branch,
+        updated_at=None,
+    )

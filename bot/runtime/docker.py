@@ -1,0 +1,362 @@
+"""Workspaces as containers on one host, through the Docker Engine API.
+
+Works with Docker and with Podman's Docker-compatible API service; the endpoint
+comes from the standard ``DOCKER_HOST``. Each workspace is one container named
+after its merge request, plus a named volume that holds the checkout.
+
+The checkout is fetched by the bot (see :mod:`bot.git`) and copied in with
+``put_archive`` before the container starts, so the clone credential never
+enters the workspace and the workspace needs no route to GitLab. The last step of
+preparing a workspace writes a marker file; a container without it was
+interrupted half-way (the bot was killed) and is rebuilt rather than trusted.
+
+Containers run with every capability dropped except the few that creating
+users needs, ``no-new-privileges``, an init process as PID 1, and CPU, memory
+and process limits.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import select
+import socket
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from bot import git
+from bot.errors import PermanentError, TemporaryError
+from bot.runtime.base import (
+    LABEL_GENERATION,
+    LABEL_INSTANCE,
+    LABEL_MR,
+    LABEL_PROJECT,
+    MANAGED_BY,
+    MANAGED_BY_VALUE,
+    ExecResult,
+    Listed,
+    Phase,
+    Runtime,
+    Spec,
+    Status,
+    Terminal,
+    WorkspaceKey,
+)
+
+log = logging.getLogger(__name__)
+
+#: What ``useradd``/``adduser``, ``chown`` of homes and dropping to a user need;
+#: KILL lets the tool end a locked user's processes.
+CAPABILITIES = ["SETUID", "SETGID", "CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL"]
+TOOL_DIR = "/opt/rwbot"
+READY_MARKER = f"{TOOL_DIR}/.ready"
+
+
+def tool_script() -> bytes:
+    """The in-workspace tool, shipped inside the bot's package."""
+    return (resources.files("bot") / "workspace" / "rwctl.sh").read_bytes()
+
+
+class DockerRuntime(Runtime):
+    def __init__(self, client: docker.DockerClient, instance: str) -> None:
+        self._client = client
+        self._instance = instance
+
+    @classmethod
+    def from_env(cls, instance: str) -> DockerRuntime:
+        try:
+            return cls(docker.from_env(timeout=60), instance)
+        except docker.errors.DockerException as err:
+            raise TemporaryError(f"container runtime unreachable: {err}") from err
+
+    # -- naming ---------------------------------------------------------------
+
+    def _name(self, key: WorkspaceKey) -> str:
+        return f"rwbot-{self._instance}-{key.slug()}"
+
+    def _labels(self, key: WorkspaceKey, generation: int) -> dict[str, str]:
+        return {
+            MANAGED_BY: MANAGED_BY_VALUE,
+            LABEL_INSTANCE: self._instance,
+            LABEL_PROJECT: str(key.project_id),
+            LABEL_MR: str(key.mr_iid),
+            LABEL_GENERATION: str(generation),
+        }
+
+    def _ours(self, key: WorkspaceKey | None = None) -> list[str]:
+        labels = [f"{MANAGED_BY}={MANAGED_BY_VALUE}", f"{LABEL_INSTANCE}={self._instance}"]
+        if key is not None:
+            labels += [f"{LABEL_PROJECT}={key.project_id}", f"{LABEL_MR}={key.mr_iid}"]
+        return labels
+
+    def _container(self, key: WorkspaceKey) -> Any | None:
+        try:
+            return self._client.containers.get(self._name(key))
+        except docker.errors.NotFound:
+            return None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def ensure_running(self, spec: Spec) -> Status:
+        with _translated("start the workspace"):
+            container = self._container(spec.key)
+            if container is not None:
+                generation = int(container.labels.get(LABEL_GENERATION, "0"))
+                if generation != spec.generation:
+                    log.info("replacing workspace of an older generation",
+                             extra={"workspace": spec.key.slug()})
+                    self.remove(spec.key)
+                    container = None
+            if container is not None:
+                if container.status != "running":
+                    container.start()
+                if self._prepared(container):
+                    return Status(Phase.RUNNING, generation=spec.generation)
+                log.warning("rebuilding a half-prepared workspace",
+                            extra={"workspace": spec.key.slug()})
+                self.remove(spec.key)
+            self._create(spec)
+            return Status(Phase.RUNNING, generation=spec.generation)
+
+    def _prepared(self, container: Any) -> bool:
+        code, _ = container.exec_run(["test", "-e", READY_MARKER])
+        return bool(code == 0)
+
+    def _create(self, spec: Spec) -> None:
+        labels = self._labels(spec.key, spec.generation)
+        volume = self._client.volumes.create(
+            name=f"{self._name(spec.key)}-g{spec.generation}", labels=labels
+        )
+        try:
+            self._client.images.get(spec.image)
+        except docker.errors.ImageNotFound:
+            raise PermanentError(f"the workspace image {spec.image} is not available") from None
+        container = self._client.containers.create(
+            spec.image,
+            ["sleep", "infinity"],
+            name=self._name(spec.key),
+            hostname=f"ws-{spec.key.slug()}",
+            labels=labels,
+            init=True,
+            mem_limit=spec.memory,
+            nano_cpus=int(spec.cpus * 1e9),
+            pids_limit=spec.pids,
+            cap_drop=["ALL"],
+            cap_add=CAPABILITIES,
+            security_opt=["no-new-privileges"],
+            network_mode=spec.network,
+            volumes={volume.name: {"bind": spec.checkout_root, "mode": "rw"}},
+            detach=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="rwbot-clone-") as tmp:
+            checkout = Path(tmp) / "checkout"
+            git.fetch_checkout(
+                spec.source.url, spec.source.ref, spec.source.sha,
+                spec.source.token, checkout,
+            )
+            container.put_archive(
+                spec.checkout_root, _tar_dir(checkout, spec.source.path)
+            )
+        container.put_archive("/opt", _tar_tool())
+        container.start()
+        from bot import accounts
+
+        self._must(container, accounts.init_argv(spec.checkout_dir))
+        self._must(container, ["touch", READY_MARKER])
+
+    def _must(self, container: Any, argv: list[str]) -> None:
+        code, output = container.exec_run(argv, user="root")
+        if code != 0:
+            text = output.decode(errors="replace").strip()[-500:]
+            raise PermanentError(f"preparing the workspace failed: {text}")
+
+    def status(self, key: WorkspaceKey) -> Status:
+        with _translated("inspect the workspace"):
+            container = self._container(key)
+            if container is None:
+                return Status(Phase.MISSING)
+            generation = int(container.labels.get(LABEL_GENERATION, "0"))
+            state = container.attrs.get("State", {})
+            if container.status == "running":
+                return Status(Phase.RUNNING, generation=generation)
+            if container.status in ("created", "configured"):
+                return Status(Phase.STARTING, generation=generation)
+            reason = f"the container exited with code {state.get('ExitCode')}"
+            if state.get("OOMKilled"):
+                reason = "the container ran out of memory"
+            if state.get("Error"):
+                reason = f"the container failed: {state['Error']}"
+            return Status(Phase.STOPPED, reason=reason, generation=generation)
+
+    def stop(self, key: WorkspaceKey) -> None:
+        with _translated("stop the workspace"):
+            container = self._container(key)
+            if container is not None and container.status == "running":
+                container.stop(timeout=10)
+
+    def remove(self, key: WorkspaceKey) -> None:
+        with _translated("remove the workspace"):
+            for container in self._client.containers.list(
+                all=True, filters={"label": self._ours(key)}
+            ):
+                _ignore_missing(lambda c=container: c.remove(force=True, v=True))
+            for volume in self._client.volumes.list(filters={"label": self._ours(key)}):
+                _ignore_missing(lambda v=volume: v.remove(force=True))
+
+    def list_ours(self) -> Iterator[Listed]:
+        with _translated("list workspaces"):
+            seen = set()
+            containers = self._client.containers.list(
+                all=True, filters={"label": self._ours()}
+            )
+            volumes = self._client.volumes.list(filters={"label": self._ours()})
+        for obj in [*containers, *volumes]:
+            labels = obj.attrs.get("Labels") or getattr(obj, "labels", {}) or {}
+            try:
+                key = WorkspaceKey(int(labels[LABEL_PROJECT]), int(labels[LABEL_MR]))
+                generation = int(labels.get(LABEL_GENERATION, "0"))
+            except (KeyError, ValueError):
+                continue
+            if (key, generation) not in seen:
+                seen.add((key, generation))
+                yield Listed(key, generation, obj.name)
+
+    def exec(
+        self, key: WorkspaceKey, argv: Sequence[str], *, user: str = "root"
+    ) -> ExecResult:
+        with _translated("run a command in the workspace"):
+            container = self._container(key)
+            if container is None or container.status != "running":
+                raise PermanentError("the workspace is not running")
+            code, output = container.exec_run(list(argv), user=user)
+            return ExecResult(int(code), output or b"")
+
+    def open_terminal(
+        self, key: WorkspaceKey, argv: Sequence[str], *, rows: int, cols: int
+    ) -> Terminal:
+        with _translated("open a terminal"):
+            container = self._container(key)
+            if container is None or container.status != "running":
+                raise PermanentError("the workspace is not running")
+            api = self._client.api
+            created = api.exec_create(
+                container.id, list(argv), tty=True, stdin=True,
+                environment={"TERM": "xterm-256color"},
+            )
+            sock = api.exec_start(created["Id"], tty=True, socket=True)
+            terminal = DockerTerminal(api, created["Id"], _raw_socket(sock))
+            terminal.resize(rows, cols)
+            return terminal
+
+    def ping(self) -> None:
+        with _translated("reach the container runtime"):
+            self._client.ping()
+
+
+class DockerTerminal(Terminal):
+    """A TTY exec attached through the API's hijacked HTTP connection."""
+
+    def __init__(self, api: Any, exec_id: str, sock: socket.socket) -> None:
+        self._api = api
+        self._exec_id = exec_id
+        self._sock = sock
+
+    def read(self, timeout: float | None = None) -> bytes:
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        if not ready:
+            raise TimeoutError("no terminal output")
+        try:
+            return self._sock.recv(65536)
+        except OSError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def resize(self, rows: int, cols: int) -> None:
+        try:
+            self._api.exec_resize(self._exec_id, height=rows, width=cols)
+        except docker.errors.APIError as err:
+            # The exec may not have started its TTY yet; the shell will be
+            # resized again by the browser's next fit.
+            log.debug("terminal resize refused", extra={"error": str(err)})
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+def _raw_socket(sock: Any) -> socket.socket:
+    return sock._sock if hasattr(sock, "_sock") else sock
+
+
+def _tar_dir(directory: Path, arcname: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(directory, arcname=arcname, filter=_as_root)
+    return buf.getvalue()
+
+
+def _tar_tool() -> bytes:
+    buf = io.BytesIO()
+    data = tool_script()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        folder = tarfile.TarInfo("rwbot")
+        folder.type = tarfile.DIRTYPE
+        folder.mode = 0o755
+        tar.addfile(folder)
+        info = tarfile.TarInfo("rwbot/rwctl")
+        info.size = len(data)
+        info.mode = 0o755
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _ignore_missing(fn: Any) -> None:
+    try:
+        fn()
+    except docker.errors.NotFound:
+        pass
+
+
+class _translated:
+    """Turn docker SDK and connection errors into the bot's error classes."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, _tb: Any) -> bool:
+        if err is None or isinstance(err, (PermanentError, TemporaryError)):
+            return False
+        if isinstance(err, docker.errors.ImageNotFound):
+            raise PermanentError(f"could not {self.what}: image not found") from err
+        if isinstance(err, docker.errors.APIError):
+            if err.status_code is not None and err.status_code < 500:
+                raise PermanentError(
+                    f"could not {self.what}: {err.explanation or err}"
+                ) from err
+            raise TemporaryError(f"could not {self.what}: {err.explanation or err}") from err
+        if isinstance(err, (requests.RequestException, docker.errors.DockerException,
+                            ConnectionError)):
+            raise TemporaryError(f"could not {self.what}: runtime unreachable") from err
+        return False

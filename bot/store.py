@@ -1,0 +1,248 @@
+"""The durable store: webhook deliveries and the desired state of each workspace.
+
+The bot is level-triggered. A webhook only records the delivery and updates the
+row of its merge request (what the workspace *should* be); the reconciler later
+converges the runtime and the MR comment to that row. Everything the reconciler
+needs to resume after a crash lives here, so ``kill -9`` at any point loses
+nothing: an acknowledged delivery has been committed, and a half-done reconcile
+pass is simply done again once its claim expires.
+
+Claims are plain conditional ``UPDATE`` statements (compare-and-set on
+``claimed_until``), which behave the same on SQLite and PostgreSQL, so several
+workers in several processes can share one database without double work.
+
+The schema is created and upgraded by Alembic (``bot/migrations``); the models
+below are what the migrations build.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, orm
+from sqlalchemy.exc import DBAPIError
+
+from bot.errors import TemporaryError
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(orm.DeclarativeBase):
+    pass
+
+
+class Delivery(Base):
+    """One webhook delivery, kept so that a redelivery is recognised."""
+
+    __tablename__ = "deliveries"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    key: orm.Mapped[str] = orm.mapped_column(sa.String(200), unique=True)
+    event: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    received_at: orm.Mapped[dt.datetime] = orm.mapped_column(index=True)
+    project_id: orm.Mapped[int | None]
+    mr_iid: orm.Mapped[int | None]
+    #: applied | unchanged | ignored | queued | done
+    outcome: orm.Mapped[str] = orm.mapped_column(sa.String(32))
+    #: The payload, for events whose work happens later (comments with commands).
+    body: orm.Mapped[str | None] = orm.mapped_column(sa.Text)
+
+
+class Workspace(Base):
+    """The workspace of one merge request: what it should be and what it is."""
+
+    __tablename__ = "workspaces"
+    __table_args__ = (sa.UniqueConstraint("project_id", "mr_iid"),)
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    project_id: orm.Mapped[int]
+    mr_iid: orm.Mapped[int]
+    project_path: orm.Mapped[str] = orm.mapped_column(sa.String(512))
+    project_http_url: orm.Mapped[str] = orm.mapped_column(sa.String(1024))
+    mr_url: orm.Mapped[str] = orm.mapped_column(sa.String(1024), default="")
+    title: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
+    #: GitLab's MR state: opened, closed, merged, locked.
+    mr_state: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    is_fork: orm.Mapped[bool] = orm.mapped_column(default=False)
+    draft: orm.Mapped[bool] = orm.mapped_column(default=False)
+    source_branch: orm.Mapped[str] = orm.mapped_column(sa.String(512), default="")
+    #: The MR head as GitLab last told us.
+    head_sha: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    #: The commit checked out in the running workspace.
+    running_sha: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    #: For fork MRs: the head commit a Developer approved to run.
+    approved_sha: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    #: running | stopped | gone — what the workspace should be.
+    desired: orm.Mapped[str] = orm.mapped_column(sa.String(16))
+    #: What the reconciler last saw; see ``bot.lifecycle.Phase``.
+    phase: orm.Mapped[str] = orm.mapped_column(sa.String(24), default="pending")
+    reason: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
+    #: Incarnation: bumped when a fresh workspace must replace the old one.
+    generation: orm.Mapped[int] = orm.mapped_column(default=1)
+    note_id: orm.Mapped[int | None]
+    note_digest: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    mr_updated_at: orm.Mapped[dt.datetime | None]
+    #: Bumped by every change from outside the reconciler (events, resync).
+    version: orm.Mapped[int] = orm.mapped_column(default=1)
+    #: When the reconciler should look at this row next; NULL when settled.
+    due_at: orm.Mapped[dt.datetime | None] = orm.mapped_column(index=True)
+    attempts: orm.Mapped[int] = orm.mapped_column(default=0)
+    claimed_by: orm.Mapped[str | None] = orm.mapped_column(sa.String(128))
+    claimed_until: orm.Mapped[dt.datetime | None]
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow)
+    updated_at: orm.Mapped[dt.datetime] = orm.mapped_column(
+        default=utcnow, onupdate=utcnow
+    )
+
+
+class Store:
+    """Owns the engine and hands out sessions; one per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = orm.sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[orm.Session]:
+        """A transaction: committed on success, rolled back on error.
+
+        Lost connections (PostgreSQL restarted) become :class:`TemporaryError`,
+        so callers retry instead of crashing.
+        """
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except DBAPIError as err:
+                session.rollback()
+                if err.connection_invalidated or isinstance(
+                    err, sa.exc.OperationalError
+                ):
+                    raise TemporaryError("database unavailable") from err
+                raise
+            except BaseException:
+                session.rollback()
+                raise
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (idempotent)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        location = resources.files("bot") / "migrations"
+        cfg.set_main_option("script_location", str(location))
+        cfg.attributes["connection_url"] = self.url
+        with self.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except DBAPIError as err:
+            raise TemporaryError("database unavailable") from err
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the web process write deliveries while a worker reads; a busy
+    # timeout makes concurrent writers wait instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def claim(
+    session: orm.Session, worker: str, lease: float, limit: int = 10
+) -> list[Workspace]:
+    """Claim up to ``limit`` due workspaces for ``worker``; return the claimed rows.
+
+    A claim is a conditional update: it succeeds only if nobody holds the row or
+    the holder's lease has run out (the holder died), so two workers never work
+    on the same merge request at once.
+    """
+    now = utcnow()
+    free = sa.or_(Workspace.claimed_until.is_(None), Workspace.claimed_until < now)
+    ids = session.scalars(
+        sa.select(Workspace.id)
+        .where(Workspace.due_at <= now, free)
+        .order_by(Workspace.due_at)
+        .limit(limit)
+    ).all()
+    claimed = []
+    until = now + dt.timedelta(seconds=lease)
+    for ws_id in ids:
+        result = session.execute(
+            sa.update(Workspace)
+            .where(Workspace.id == ws_id, free)
+            .values(claimed_by=worker, claimed_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            claimed.append(ws_id)
+    session.commit()
+    if not claimed:
+        return []
+    return list(
+        session.scalars(sa.select(Workspace).where(Workspace.id.in_(claimed))).all()
+    )
+
+
+def release(
+    session: orm.Session,
+    ws: Workspace,
+    worker: str,
+    seen_version: int,
+    due_at: dt.datetime | None,
+    **changes: Any,
+) -> bool:
+    """Save a reconcile pass's results and give the row back.
+
+    ``due_at`` is only written if no event changed the row meanwhile
+    (``version`` still equals ``seen_version``); otherwise the row stays due so
+    the new desired state is picked up at once. Returns whether the row was
+    still ours.
+    """
+    values = dict(changes, claimed_by=None, claimed_until=None)
+    result = session.execute(
+        sa.update(Workspace)
+        .where(
+            Workspace.id == ws.id,
+            Workspace.claimed_by == worker,
+            Workspace.version == seen_version,
+        )
+        .values(due_at=due_at, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    # An event arrived during the pass: keep its due_at, save the rest.
+    result = session.execute(
+        sa.update(Workspace)
+        .where(Workspace.id == ws.id, Workspace.claimed_by == worker)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
