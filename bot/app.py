@@ -8,10 +8,13 @@ client and runtime.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from bot import health, logs, settings as settings_mod, webhooks
+from bot import auth, health, logs, terminal, webhooks
+from bot import settings as settings_mod
 from bot.gitlab import Client
 from bot.runtime.base import Runtime
 from bot.settings import Settings
@@ -31,7 +34,7 @@ def create_app(
     store = store or Store(settings.database_url)
     gitlab = gitlab or Client(settings)
 
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder=str(TEMPLATES))
     app.config.update(
         RWBOT_SETTINGS=settings,
         RWBOT_STORE=store,
@@ -46,7 +49,12 @@ def create_app(
     )
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    auth.init_app(app)
+    terminal.init_app(app)
     return app
+
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -58,6 +66,7 @@ def secrets_of(settings: Settings) -> list[str]:
             settings.webhook_secret,
             settings.webhook_signing_secret,
             settings.session_secret,
+            settings.oauth_client_secret,
         )
         if s
     ]

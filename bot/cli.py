@@ -21,7 +21,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from bot import logs, settings as settings_mod
+from bot import logs
+from bot import settings as settings_mod
 from bot.errors import BotError, ConfigError
 from bot.settings import Settings
 

@@ -20,7 +20,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
-    autoescape=False,  # Markdown, not HTML; untrusted values are escaped below
+    # Markdown, not HTML: untrusted values go through _inline() instead.
+    autoescape=False,  # noqa: S701
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )
@@ -74,11 +75,15 @@ def render(
     phase = Phase(ws.phase)
     icon, headline, summary = _HEADLINES[phase]
     if phase == Phase.REMOVED and ws.mr_state in ("merged", "closed"):
-        summary = f"The merge request was {ws.mr_state}; the workspace and its data were removed."
+        summary = (
+            f"The merge request was {ws.mr_state}; "
+            "the workspace and its data were removed."
+        )
     project_url = ws.mr_url.split("/-/merge_requests/")[0] if ws.mr_url else ""
     behind = bool(
-        ws.running_sha and ws.head_sha != ws.running_sha and phase in (
-            Phase.READY, Phase.STOPPED)
+        ws.running_sha
+        and ws.head_sha != ws.running_sha
+        and phase in (Phase.READY, Phase.STOPPED)
     )
     return _env.get_template("comment.md.j2").render(
         icon=icon,

@@ -90,6 +90,8 @@ def fetch_checkout(url: str, ref: str, sha: str, token: str, dest: Path) -> str:
     dest.mkdir(parents=True, exist_ok=True)
     run(["init", "-q", "-b", "review", str(dest)])
     run(["remote", "add", "origin", url], cwd=dest)
+    # Reviewers with write access share this repository through a group.
+    run(["config", "core.sharedRepository", "group"], cwd=dest)
     run(
         ["fetch", "-q", "--no-tags", "origin", f"+{ref}:refs/remotes/origin/mr-head"],
         cwd=dest,
@@ -97,7 +99,7 @@ def fetch_checkout(url: str, ref: str, sha: str, token: str, dest: Path) -> str:
     )
     target = sha or "refs/remotes/origin/mr-head"
     try:
-        run(["checkout", "-q", "-B", "review", target], cwd=dest)
+        run(["checkout", "-q", "--no-track", "-B", "review", target], cwd=dest)
     except GitError as err:
         raise PermanentError(
             f"commit {sha[:12]} is no longer part of the merge request"

@@ -13,17 +13,19 @@ response hook remembers the last ``Retry-After`` seen by this thread.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import gitlab
 import gitlab.exceptions
 import requests
 
 from bot.errors import ConfigError, PermanentError, TemporaryError
+from bot.hooks import parse_time
 from bot.lifecycle import MergeRequestFacts
 from bot.settings import Settings
 
@@ -49,6 +51,14 @@ class Project:
     path: str
     http_url: str
     web_url: str
+
+
+@dataclass(frozen=True)
+class Membership:
+    """A user's effective membership of a project (inherited ones included)."""
+
+    access_level: int
+    state: str
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ class Client:
             raise TemporaryError(f"GitLab unreachable ({what})") from err
 
     # Options that make python-gitlab fail fast and leave retries to us.
-    _fast = {"obey_rate_limit": False, "max_retries": 0}
+    _fast: ClassVar[dict[str, Any]] = {"obey_rate_limit": False, "max_retries": 0}
 
     def whoami(self) -> User:
         def call() -> User:
@@ -165,7 +175,10 @@ class Client:
         def call() -> int | None:
             mr = self._mr(project_id, iid)
             notes = mr.notes.list(
-                iterator=True, per_page=100, sort="asc", order_by="created_at",
+                iterator=True,
+                per_page=100,
+                sort="asc",
+                order_by="created_at",
                 **self._fast,
             )
             for note in notes:
@@ -190,6 +203,42 @@ class Client:
             notes.update(note_id, {"body": body}, **self._fast)
 
         self._call(f"edit note {note_id} on !{iid}", call)
+
+    def membership(self, project_id: int, user_id: int) -> Membership | None:
+        """The user's effective access to the project; None if not a member.
+
+        ``members/all`` includes inherited and invited-group memberships, which
+        is what GitLab itself uses to decide what someone may do.
+        """
+
+        def call() -> Membership | None:
+            p = self._gl.projects.get(project_id, lazy=True)
+            try:
+                m = p.members_all.get(user_id, **self._fast)
+            except gitlab.exceptions.GitlabGetError as err:
+                if err.response_code == 404:
+                    return None
+                raise
+            return Membership(int(m.access_level), str(getattr(m, "state", "active")))
+
+        return self._call(f"read membership of user {user_id}", call)
+
+    def ssh_keys(self, user_id: int, now: dt.datetime) -> list[str]:
+        """The user's SSH keys that may authenticate and have not expired."""
+
+        def call() -> list[str]:
+            user = self._gl.users.get(user_id, lazy=True)
+            keys = []
+            for k in user.keys.list(iterator=True, **self._fast):
+                if getattr(k, "usage_type", "auth") == "signing":
+                    continue
+                expires = parse_time(getattr(k, "expires_at", None))
+                if expires is not None and expires <= now:
+                    continue
+                keys.append(str(k.key).strip())
+            return keys
+
+        return self._call(f"list SSH keys of user {user_id}", call)
 
     def install_hook(
         self, project: Project, url: str, secret: str, signing_secret: str | None
@@ -217,8 +266,6 @@ class Client:
 
 
 def _facts(project: Project, mr: Any) -> MergeRequestFacts:
-    from bot.hooks import parse_time
-
     return MergeRequestFacts(
         project_id=project.id,
         mr_iid=int(mr.iid),
@@ -228,7 +275,9 @@ def _facts(project: Project, mr: Any) -> MergeRequestFacts:
         title=str(mr.title),
         state=str(mr.state),
         head_sha=str(mr.sha),
-        draft=bool(getattr(mr, "draft", False) or getattr(mr, "work_in_progress", False)),
+        draft=bool(
+            getattr(mr, "draft", False) or getattr(mr, "work_in_progress", False)
+        ),
         is_fork=int(mr.source_project_id) != int(mr.target_project_id),
         source_branch=str(mr.source_branch),
         updated_at=parse_time(getattr(mr, "updated_at", None)),

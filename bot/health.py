@@ -63,7 +63,9 @@ class WorkspaceCollector(Collector):
         try:
             with self._store.session() as session:
                 rows = session.execute(
-                    sa.select(Workspace.phase, sa.func.count()).group_by(Workspace.phase)
+                    sa.select(Workspace.phase, sa.func.count()).group_by(
+                        Workspace.phase
+                    )
                 ).all()
         except BotError:
             rows = []

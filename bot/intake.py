@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 def record(
     store: Store, settings: Settings, key: str, event: hooks.Event, event_name: str
 ) -> str:
-    """Store the delivery; return its outcome (applied, unchanged, duplicate, ignored)."""
+    """Store the delivery; return its outcome.
+
+    Outcomes: applied, unchanged (nothing new), duplicate (seen before), ignored.
+    """
     for attempt in (1, 2):
         try:
             return _record(store, settings, key, event, event_name)

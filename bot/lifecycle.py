@@ -134,8 +134,10 @@ def _differs(ws: Workspace, facts: MergeRequestFacts) -> bool:
         or ws.is_fork != facts.is_fork
         or ws.title != facts.title
         or ws.project_path != facts.project_path
-        or ws.desired != desired_for(facts.state)
-        and Desired.GONE in (ws.desired, desired_for(facts.state))
+        or (
+            ws.desired != desired_for(facts.state)
+            and Desired.GONE in (ws.desired, desired_for(facts.state))
+        )
     )
 
 

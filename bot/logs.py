@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from typing import Any
 
 # Attributes every LogRecord has; anything else came in through ``extra``.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -24,7 +27,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 class PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        line = (
+            f"{self.formatTime(record)} {record.levelname} {record.name}: "
+            f"{record.getMessage()}"
+        )
         fields = _fields(record)
         if fields:
             line += " " + " ".join(f"{k}={v!r}" for k, v in sorted(fields.items()))
@@ -68,7 +74,7 @@ class MaskSecrets(logging.Filter):
             args = record.args if isinstance(record.args, tuple) else (record.args,)
             record.args = tuple(self._mask(str(a)) for a in args)
         for key, value in _fields(record).items():
-            setattr(record, key, self._mask(value if isinstance(value, str) else value))
+            setattr(record, key, self._mask(value))
         if record.exc_info and record.exc_info[1] is not None:
             # Render the traceback now, masked, instead of letting the formatter
             # print the raw exception text later.
@@ -88,4 +94,6 @@ def configure(fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
     root.setLevel(level)
     # Libraries' debug output can include request headers (tokens): keep it out.
     for noisy in ("urllib3", "requests", "docker", "gitlab"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
+        logging.getLogger(noisy).setLevel(
+            max(logging.INFO, logging.getLevelName(level))
+        )

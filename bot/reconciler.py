@@ -25,7 +25,7 @@ import time
 import sqlalchemy as sa
 from prometheus_client import Histogram
 
-from bot import comments, lifecycle
+from bot import comments, lifecycle, provision
 from bot.errors import PermanentError, TemporaryError
 from bot.gitlab import Client, NotFound, Project
 from bot.lifecycle import Action, Desired, Phase
@@ -54,7 +54,7 @@ def backoff(attempts: int, base: float, cap: float, retry_after: float | None) -
     delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - not crypto
     if retry_after is not None:
         delay = max(delay, retry_after)
-    return delay
+    return float(delay)
 
 
 class Reconciler:
@@ -89,7 +89,10 @@ class Reconciler:
         """Work until ``stop`` is set; resync on schedule."""
         while not stop.is_set():
             try:
-                if time.monotonic() - self._last_resync >= self.settings.resync_interval:
+                if (
+                    time.monotonic() - self._last_resync
+                    >= self.settings.resync_interval
+                ):
                     self.resync()
                 if self.run_once() == 0:
                     stop.wait(idle_wait)
@@ -103,46 +106,57 @@ class Reconciler:
     # -- one workspace --------------------------------------------------------
 
     def converge(self, ws: Workspace, worker: str) -> None:
+        """One pass for one claimed workspace: runtime first, then the comment.
+
+        A temporary failure of either step reschedules the row with backoff; a
+        permanent one is reported in the comment and not retried.
+        """
         seen_version = ws.version
         key = WorkspaceKey(ws.project_id, ws.mr_iid)
         started = time.perf_counter()
-        outcome = "settled"
-        due_at: dt.datetime | None = None
+        retry: TemporaryError | None = None
         changes: dict[str, object] = {}
+
         try:
             changes.update(self._converge_runtime(ws, key))
-            changes["attempts"] = 0
         except TemporaryError as err:
-            outcome = "retry"
-            changes["attempts"] = ws.attempts + 1
-            due_at = self._retry_at(changes["attempts"], err)  # type: ignore[arg-type]
-            log.warning(
-                "workspace will be retried",
-                extra={"workspace": key.slug(), "error": str(err)},
-            )
+            retry = err
         except PermanentError as err:
-            outcome = "failed"
             changes.update(phase=Phase.FAILED, reason=err.reason)
-            log.info("workspace failed", extra={"workspace": key.slug(), "reason": err.reason})
+            log.info(
+                "workspace failed",
+                extra={"workspace": key.slug(), "reason": err.reason},
+            )
         for name, value in changes.items():
             setattr(ws, name, value)
 
         try:
             changes.update(self._update_comment(ws))
         except TemporaryError as err:
-            outcome = "retry"
-            attempts = int(changes.get("attempts", 0) or 0) + 1
-            changes["attempts"] = attempts
-            due_at = self._retry_at(attempts, err)
-            log.warning(
-                "comment update will be retried",
-                extra={"workspace": key.slug(), "error": str(err)},
-            )
+            retry = retry or err
         except PermanentError as err:
-            log.error("comment update failed", extra={"workspace": key.slug(), "error": err.reason})
+            log.error(
+                "comment update failed",
+                extra={"workspace": key.slug(), "error": err.reason},
+            )
 
+        attempts = ws.attempts + 1 if retry else 0
+        due_at = None
+        if retry is not None:
+            due_at = self._retry_at(attempts, retry)
+            log.warning(
+                "workspace will be retried",
+                extra={
+                    "workspace": key.slug(),
+                    "error": str(retry),
+                    "attempt": attempts,
+                },
+            )
         with self.store.session() as session:
-            release(session, ws, worker, seen_version, due_at, **changes)
+            release(
+                session, ws, worker, seen_version, due_at, attempts=attempts, **changes
+            )
+        outcome = "retry" if retry else "failed" if ws.phase == Phase.FAILED else "ok"
         RECONCILE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
     def _retry_at(self, attempts: int, err: TemporaryError) -> dt.datetime:
@@ -202,7 +216,16 @@ class Reconciler:
         )
 
     def _update_comment(self, ws: Workspace) -> dict[str, object]:
-        body = comments.render(ws, public_url=self.settings.public_url)
+        joined = tuple(
+            comments.Member(m.username, m.role)
+            for m in provision.members(self.store, ws)
+        )
+        body = comments.render(
+            ws,
+            public_url=self.settings.public_url,
+            prefix=self.settings.command_prefix,
+            members=joined,
+        )
         digest = comments.digest(body)
         if digest == ws.note_digest:
             return {}
@@ -231,10 +254,15 @@ class Reconciler:
         with self.store.session() as session:
             tracked = session.scalars(
                 sa.select(Workspace).where(
-                    sa.or_(Workspace.desired != Desired.GONE, Workspace.phase != Phase.REMOVED)
+                    sa.or_(
+                        Workspace.desired != Desired.GONE,
+                        Workspace.phase != Phase.REMOVED,
+                    )
                 )
             ).all()
-            project_ids = set(session.scalars(sa.select(Workspace.project_id).distinct()))
+            project_ids = set(
+                session.scalars(sa.select(Workspace.project_id).distinct())
+            )
         for ws in tracked:
             self._resync_one(ws)
         for project in {*self.settings.projects, *map(str, project_ids)}:
@@ -242,9 +270,13 @@ class Reconciler:
         self._remove_orphans()
         with self.store.session() as session:
             session.execute(
-                sa.delete(Delivery).where(Delivery.received_at < utcnow() - DELIVERY_RETENTION)
+                sa.delete(Delivery).where(
+                    Delivery.received_at < utcnow() - DELIVERY_RETENTION
+                )
             )
-        log.info("resync done", extra={"seconds": round(time.perf_counter() - started, 3)})
+        log.info(
+            "resync done", extra={"seconds": round(time.perf_counter() - started, 3)}
+        )
 
     def _resync_one(self, ws: Workspace) -> None:
         project = Project(ws.project_id, ws.project_path, ws.project_http_url, "")
@@ -257,10 +289,15 @@ class Reconciler:
 
     def _resync_project(self, project_ref: str) -> None:
         try:
-            project = self.gitlab.project(int(project_ref) if project_ref.isdigit() else project_ref)
+            project = self.gitlab.project(
+                int(project_ref) if project_ref.isdigit() else project_ref
+            )
             open_mrs = self.gitlab.open_merge_requests(project)
         except PermanentError as err:
-            log.warning("project not resynced", extra={"project": project_ref, "error": err.reason})
+            log.warning(
+                "project not resynced",
+                extra={"project": project_ref, "error": err.reason},
+            )
             return
         for facts in open_mrs:
             self._observe(facts)
@@ -276,25 +313,32 @@ class Reconciler:
             if ws is None:
                 if facts.state == "opened":
                     session.add(lifecycle.new_workspace(facts))
-                    log.info("resync found an untracked merge request",
-                             extra={"project": facts.project_id, "mr": facts.mr_iid})
+                    log.info(
+                        "resync found an untracked merge request",
+                        extra={"project": facts.project_id, "mr": facts.mr_iid},
+                    )
             elif lifecycle.observe(ws, facts):
-                log.info("resync corrected a merge request",
-                         extra={"project": facts.project_id, "mr": facts.mr_iid})
+                log.info(
+                    "resync corrected a merge request",
+                    extra={"project": facts.project_id, "mr": facts.mr_iid},
+                )
 
     def _remove_orphans(self) -> None:
         with self.store.session() as session:
             wanted = {
                 (row.project_id, row.mr_iid): row.generation
                 for row in session.execute(
-                    sa.select(Workspace.project_id, Workspace.mr_iid, Workspace.generation)
-                    .where(Workspace.desired != Desired.GONE)
+                    sa.select(
+                        Workspace.project_id, Workspace.mr_iid, Workspace.generation
+                    ).where(Workspace.desired != Desired.GONE)
                 )
             }
         for listed in self.runtime.list_ours():
             generation = wanted.get((listed.key.project_id, listed.key.mr_iid))
             if generation is None:
-                log.info("removing an orphaned workspace", extra={"workspace": listed.name})
+                log.info(
+                    "removing an orphaned workspace", extra={"workspace": listed.name}
+                )
                 self.runtime.remove(listed.key)
 
 

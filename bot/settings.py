@@ -76,9 +76,20 @@ class Settings:
     log_level: str = "INFO"
     #: Signs session cookies; generated per process when unset (sessions then do
     #: not survive restarts and several replicas cannot share them).
-    session_secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    session_secret: str = field(
+        default_factory=lambda: secrets.token_hex(32), repr=False
+    )
     #: Largest webhook body accepted, in bytes (GitLab's own limit is 25 MB).
     max_body_bytes: int = 25 * 1024 * 1024
+    #: GitLab OAuth application for reviewers' sign-in; joining is disabled
+    #: (the join page says so) until both are set.
+    oauth_client_id: str | None = None
+    oauth_client_secret: str | None = field(default=None, repr=False)
+    #: Lowest GitLab access level that may join read-only, and read-write.
+    read_level: int = REPORTER
+    write_level: int = DEVELOPER
+    #: Prefix of comment commands.
+    command_prefix: str = "/workspace"
     #: The bot user's id, learnt from the token at start; events it caused are
     #: ignored. ``None`` until :func:`bot.gitlab.Client.whoami` has run.
     bot_user_id: int | None = None
@@ -123,7 +134,9 @@ def _number(name: str, value: str | None, default: float, minimum: float) -> flo
     try:
         number = float(value)
     except ValueError:
-        raise SettingsError(f"{PREFIX}{name}: expected a number, got {value!r}") from None
+        raise SettingsError(
+            f"{PREFIX}{name}: expected a number, got {value!r}"
+        ) from None
     if number < minimum:
         raise SettingsError(f"{PREFIX}{name}: must be at least {minimum}, got {value}")
     return number
@@ -140,7 +153,9 @@ def _bool(name: str, value: str | None, default: bool) -> bool:
     raise SettingsError(f"{PREFIX}{name}: expected true or false, got {value!r}")
 
 
-def _choice(name: str, value: str | None, default: str, choices: tuple[str, ...]) -> str:
+def _choice(
+    name: str, value: str | None, default: str, choices: tuple[str, ...]
+) -> str:
     if value is None or value == "":
         return default
     if value not in choices:
@@ -161,7 +176,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 
     instance = env.get(PREFIX + "INSTANCE", "default")
     if not _INSTANCE.match(instance):
-        raise SettingsError(f"{PREFIX}INSTANCE: lower-case letters, digits and '-' only")
+        raise SettingsError(
+            f"{PREFIX}INSTANCE: lower-case letters, digits and '-' only"
+        )
     memory = env.get(PREFIX + "WORKSPACE_MEMORY", "2g").lower()
     if not _MEMORY.match(memory):
         raise SettingsError(f"{PREFIX}WORKSPACE_MEMORY: expected e.g. 512m or 2g")
@@ -205,6 +222,20 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             "INFO",
             ("DEBUG", "INFO", "WARNING", "ERROR"),
         ),
+    )
+    read_level = int(_number("READ_LEVEL", env.get(PREFIX + "READ_LEVEL"), REPORTER, 5))
+    write_level = int(
+        _number("WRITE_LEVEL", env.get(PREFIX + "WRITE_LEVEL"), DEVELOPER, 5)
+    )
+    if write_level < read_level:
+        raise SettingsError(
+            f"{PREFIX}WRITE_LEVEL: must not be below {PREFIX}READ_LEVEL"
+        )
+    settings = settings.with_overrides(
+        oauth_client_id=env.get(PREFIX + "OAUTH_CLIENT_ID") or None,
+        oauth_client_secret=_read(env, "OAUTH_CLIENT_SECRET") or None,
+        read_level=read_level,
+        write_level=write_level,
     )
     session_secret = _read(env, "SESSION_SECRET")
     if session_secret:

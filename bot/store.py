@@ -105,6 +105,28 @@ class Workspace(Base):
     )
 
 
+class Member(Base):
+    """Someone who joined a workspace, and the Linux account they got."""
+
+    __tablename__ = "members"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "gitlab_user_id"),)
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    workspace_id: orm.Mapped[int] = orm.mapped_column(
+        sa.ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    gitlab_user_id: orm.Mapped[int]
+    username: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    linux_name: orm.Mapped[str] = orm.mapped_column(sa.String(32))
+    #: read | write
+    role: orm.Mapped[str] = orm.mapped_column(sa.String(8))
+    #: The workspace generation the account was created in.
+    generation: orm.Mapped[int]
+    locked: orm.Mapped[bool] = orm.mapped_column(default=False)
+    first_joined_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow)
+    last_joined_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow)
+
+
 class Store:
     """Owns the engine and hands out sessions; one per process."""
 

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 DELIVERIES = Counter(
-    "rwbot_webhook_deliveries_total", "Webhook deliveries received", ["event", "outcome"]
+    "rwbot_webhook_deliveries_total",
+    "Webhook deliveries received",
+    ["event", "outcome"],
 )
 
 
@@ -36,7 +38,9 @@ def receive() -> ResponseReturnValue:
     body = request.get_data(cache=False)
 
     try:
-        hooks.verify_token(settings.webhook_secret, request.headers.get("X-Gitlab-Token"))
+        hooks.verify_token(
+            settings.webhook_secret, request.headers.get("X-Gitlab-Token")
+        )
         if settings.webhook_signing_secret:
             hooks.verify_signature(
                 settings.webhook_signing_secret, request.headers, body, time.time()

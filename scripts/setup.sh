@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(podman runc debootstrap postgresql chromium busybox-static git tini)
+packages=(podman runc catatonit debootstrap postgresql chromium busybox-static git tini)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

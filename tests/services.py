@@ -45,7 +45,7 @@ def wait_for(
             result = condition()
             if result:
                 return result
-        except Exception as err:  # noqa: BLE001 - reported if it never succeeds
+        except Exception as err:
             last_error = err
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}") from last_error
@@ -136,14 +136,35 @@ def postgres_server() -> Iterator[str]:
         shutil.chown(tmp, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     subprocess.run(
-        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
-         "-U", "rwbot", "--no-sync"],
+        [
+            *as_user,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "rwbot",
+            "--no-sync",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )
     proc = subprocess.Popen(
-        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port),
-         "-h", "127.0.0.1", "-k", str(tmp), "-c", "fsync=off"],
+        [
+            *as_user,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(tmp),
+            "-c",
+            "fsync=off",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -157,7 +178,6 @@ def postgres_server() -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
-
 
 
 def create_database(server_url: str) -> str:

@@ -7,8 +7,10 @@ import sqlalchemy
 def test_podman_runs_the_workspace_image(docker_host):
     client = docker.DockerClient(base_url=docker_host)
     out = client.containers.run(
-        "localhost/rwbot-workspace:test", ["sh", "-c", "echo hi"],
-        network_mode="none", remove=True,
+        "localhost/rwbot-workspace:test",
+        ["sh", "-c", "echo hi"],
+        network_mode="none",
+        remove=True,
     )
     assert out == b"hi\n"
 

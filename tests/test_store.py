@@ -20,10 +20,17 @@ from bot.store import Workspace, claim, release, utcnow
 
 def facts(**overrides):
     base = dict(
-        project_id=1, mr_iid=7, project_path="g/app",
-        project_http_url="http://gl/g/app.git", mr_url="http://gl/g/app/-/merge_requests/7",
-        title="Add thing", state="opened", head_sha="a" * 40, draft=False,
-        is_fork=False, source_branch="feature",
+        project_id=1,
+        mr_iid=7,
+        project_path="g/app",
+        project_http_url="http://gl/g/app.git",
+        mr_url="http://gl/g/app/-/merge_requests/7",
+        title="Add thing",
+        state="opened",
+        head_sha="a" * 40,
+        draft=False,
+        is_fork=False,
+        source_branch="feature",
         updated_at=dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC),
     )
     return lifecycle.MergeRequestFacts(**{**base, **overrides})
@@ -56,7 +63,11 @@ def test_an_expired_lease_lets_another_worker_take_over(store):
     add(store)
     with store.session() as s:
         assert claim(s, "dead", lease=60)
-        s.execute(sa.update(Workspace).values(claimed_until=utcnow() - dt.timedelta(seconds=1)))
+        s.execute(
+            sa.update(Workspace).values(
+                claimed_until=utcnow() - dt.timedelta(seconds=1)
+            )
+        )
     with store.session() as s:
         taken = claim(s, "alive", lease=60)
     assert len(taken) == 1
@@ -81,7 +92,9 @@ def test_a_row_changed_during_a_pass_stays_due(store):
         (ws,) = claim(s, "w", lease=60)
     with store.session() as s:  # an event arrives while the worker is busy
         row = s.scalars(sa.select(Workspace)).one()
-        assert lifecycle.observe(row, facts(state="merged", updated_at=utcnow().replace(tzinfo=dt.UTC)))
+        assert lifecycle.observe(
+            row, facts(state="merged", updated_at=utcnow().replace(tzinfo=dt.UTC))
+        )
     with store.session() as s:
         release(s, ws, "w", ws.version, None, phase=Phase.READY)
     with store.session() as s:
@@ -121,7 +134,9 @@ def test_a_reopened_merge_request_gets_a_fresh_generation():
     ws.running_sha = "a" * 40
     later = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     assert lifecycle.observe(ws, facts(state="closed", updated_at=later))
-    assert lifecycle.observe(ws, facts(state="opened", updated_at=later + dt.timedelta(1)))
+    assert lifecycle.observe(
+        ws, facts(state="opened", updated_at=later + dt.timedelta(1))
+    )
     assert ws.generation == 2
     assert ws.desired == Desired.RUNNING
     assert ws.running_sha is None
@@ -130,7 +145,9 @@ def test_a_reopened_merge_request_gets_a_fresh_generation():
 def test_a_push_changes_the_head_but_not_the_running_commit():
     ws = lifecycle.new_workspace(facts())
     ws.running_sha = "a" * 40
-    assert lifecycle.observe(ws, facts(head_sha="b" * 40, updated_at=utcnow().replace(tzinfo=dt.UTC)))
+    assert lifecycle.observe(
+        ws, facts(head_sha="b" * 40, updated_at=utcnow().replace(tzinfo=dt.UTC))
+    )
     assert (ws.head_sha, ws.running_sha) == ("b" * 40, "a" * 40)
 
 

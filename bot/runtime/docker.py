@@ -17,16 +17,18 @@ and process limits.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import logging
 import select
 import socket
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -52,6 +54,7 @@ from bot.runtime.base import (
 )
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: What ``useradd``/``adduser``, ``chown`` of homes and dropping to a user need;
 #: KILL lets the tool end a locked user's processes.
@@ -65,7 +68,37 @@ def tool_script() -> bytes:
     return (resources.files("bot") / "workspace" / "rwctl.sh").read_bytes()
 
 
+def _translated(what: str) -> Callable[[F], F]:
+    """Turn docker SDK and connection errors into the bot's error classes."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (PermanentError, TemporaryError):
+                raise
+            except docker.errors.ImageNotFound as err:
+                raise PermanentError(f"could not {what}: image not found") from err
+            except docker.errors.APIError as err:
+                message = f"could not {what}: {err.explanation or err}"
+                if err.status_code is not None and err.status_code < 500:
+                    raise PermanentError(message) from err
+                raise TemporaryError(message) from err
+            except (
+                requests.RequestException,
+                docker.errors.DockerException,
+                ConnectionError,
+            ) as err:
+                raise TemporaryError(f"could not {what}: runtime unreachable") from err
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 class DockerRuntime(Runtime):
+    @_translated("start the workspace")
     def __init__(self, client: docker.DockerClient, instance: str) -> None:
         self._client = client
         self._instance = instance
@@ -92,7 +125,10 @@ class DockerRuntime(Runtime):
         }
 
     def _ours(self, key: WorkspaceKey | None = None) -> list[str]:
-        labels = [f"{MANAGED_BY}={MANAGED_BY_VALUE}", f"{LABEL_INSTANCE}={self._instance}"]
+        labels = [
+            f"{MANAGED_BY}={MANAGED_BY_VALUE}",
+            f"{LABEL_INSTANCE}={self._instance}",
+        ]
         if key is not None:
             labels += [f"{LABEL_PROJECT}={key.project_id}", f"{LABEL_MR}={key.mr_iid}"]
         return labels
@@ -106,26 +142,30 @@ class DockerRuntime(Runtime):
     # -- lifecycle ------------------------------------------------------------
 
     def ensure_running(self, spec: Spec) -> Status:
-        with _translated("start the workspace"):
-            container = self._container(spec.key)
-            if container is not None:
-                generation = int(container.labels.get(LABEL_GENERATION, "0"))
-                if generation != spec.generation:
-                    log.info("replacing workspace of an older generation",
-                             extra={"workspace": spec.key.slug()})
-                    self.remove(spec.key)
-                    container = None
-            if container is not None:
-                if container.status != "running":
-                    container.start()
-                if self._prepared(container):
-                    return Status(Phase.RUNNING, generation=spec.generation)
-                log.warning("rebuilding a half-prepared workspace",
-                            extra={"workspace": spec.key.slug()})
+        container = self._container(spec.key)
+        if container is not None:
+            generation = int(container.labels.get(LABEL_GENERATION, "0"))
+            if generation != spec.generation:
+                log.info(
+                    "replacing workspace of an older generation",
+                    extra={"workspace": spec.key.slug()},
+                )
                 self.remove(spec.key)
-            self._create(spec)
-            return Status(Phase.RUNNING, generation=spec.generation)
+                container = None
+        if container is not None:
+            if container.status != "running":
+                container.start()
+            if self._prepared(container):
+                return Status(Phase.RUNNING, generation=spec.generation)
+            log.warning(
+                "rebuilding a half-prepared workspace",
+                extra={"workspace": spec.key.slug()},
+            )
+            self.remove(spec.key)
+        self._create(spec)
+        return Status(Phase.RUNNING, generation=spec.generation)
 
+    @_translated("inspect the workspace")
     def _prepared(self, container: Any) -> bool:
         code, _ = container.exec_run(["test", "-e", READY_MARKER])
         return bool(code == 0)
@@ -138,7 +178,9 @@ class DockerRuntime(Runtime):
         try:
             self._client.images.get(spec.image)
         except docker.errors.ImageNotFound:
-            raise PermanentError(f"the workspace image {spec.image} is not available") from None
+            raise PermanentError(
+                f"the workspace image {spec.image} is not available"
+            ) from None
         container = self._client.containers.create(
             spec.image,
             ["sleep", "infinity"],
@@ -159,8 +201,11 @@ class DockerRuntime(Runtime):
         with tempfile.TemporaryDirectory(prefix="rwbot-clone-") as tmp:
             checkout = Path(tmp) / "checkout"
             git.fetch_checkout(
-                spec.source.url, spec.source.ref, spec.source.sha,
-                spec.source.token, checkout,
+                spec.source.url,
+                spec.source.ref,
+                spec.source.sha,
+                spec.source.token,
+                checkout,
             )
             container.put_archive(
                 spec.checkout_root, _tar_dir(checkout, spec.source.path)
@@ -179,46 +224,40 @@ class DockerRuntime(Runtime):
             raise PermanentError(f"preparing the workspace failed: {text}")
 
     def status(self, key: WorkspaceKey) -> Status:
-        with _translated("inspect the workspace"):
-            container = self._container(key)
-            if container is None:
-                return Status(Phase.MISSING)
-            generation = int(container.labels.get(LABEL_GENERATION, "0"))
-            state = container.attrs.get("State", {})
-            if container.status == "running":
-                return Status(Phase.RUNNING, generation=generation)
-            if container.status in ("created", "configured"):
-                return Status(Phase.STARTING, generation=generation)
-            reason = f"the container exited with code {state.get('ExitCode')}"
-            if state.get("OOMKilled"):
-                reason = "the container ran out of memory"
-            if state.get("Error"):
-                reason = f"the container failed: {state['Error']}"
-            return Status(Phase.STOPPED, reason=reason, generation=generation)
+        container = self._container(key)
+        if container is None:
+            return Status(Phase.MISSING)
+        generation = int(container.labels.get(LABEL_GENERATION, "0"))
+        state = container.attrs.get("State", {})
+        if container.status == "running":
+            return Status(Phase.RUNNING, generation=generation)
+        if container.status in ("created", "configured"):
+            return Status(Phase.STARTING, generation=generation)
+        reason = f"the container exited with code {state.get('ExitCode')}"
+        if state.get("OOMKilled"):
+            reason = "the container ran out of memory"
+        if state.get("Error"):
+            reason = f"the container failed: {state['Error']}"
+        return Status(Phase.STOPPED, reason=reason, generation=generation)
 
+    @_translated("stop the workspace")
     def stop(self, key: WorkspaceKey) -> None:
-        with _translated("stop the workspace"):
-            container = self._container(key)
-            if container is not None and container.status == "running":
-                container.stop(timeout=10)
+        container = self._container(key)
+        if container is not None and container.status == "running":
+            container.stop(timeout=10)
 
+    @_translated("remove the workspace")
     def remove(self, key: WorkspaceKey) -> None:
-        with _translated("remove the workspace"):
-            for container in self._client.containers.list(
-                all=True, filters={"label": self._ours(key)}
-            ):
-                _ignore_missing(lambda c=container: c.remove(force=True, v=True))
-            for volume in self._client.volumes.list(filters={"label": self._ours(key)}):
-                _ignore_missing(lambda v=volume: v.remove(force=True))
+        for container in self._client.containers.list(
+            all=True, filters={"label": self._ours(key)}
+        ):
+            _ignore_missing(lambda c=container: c.remove(force=True, v=True))
+        for volume in self._client.volumes.list(filters={"label": self._ours(key)}):
+            _ignore_missing(lambda v=volume: v.remove(force=True))
 
     def list_ours(self) -> Iterator[Listed]:
-        with _translated("list workspaces"):
-            seen = set()
-            containers = self._client.containers.list(
-                all=True, filters={"label": self._ours()}
-            )
-            volumes = self._client.volumes.list(filters={"label": self._ours()})
-        for obj in [*containers, *volumes]:
+        seen = set()
+        for obj in self._labelled_objects():
             labels = obj.attrs.get("Labels") or getattr(obj, "labels", {}) or {}
             try:
                 key = WorkspaceKey(int(labels[LABEL_PROJECT]), int(labels[LABEL_MR]))
@@ -229,36 +268,48 @@ class DockerRuntime(Runtime):
                 seen.add((key, generation))
                 yield Listed(key, generation, obj.name)
 
+    @_translated("list workspaces")
+    def _labelled_objects(self) -> list[Any]:
+        """Containers and volumes (a volume may outlive its container)."""
+        containers = self._client.containers.list(
+            all=True, filters={"label": self._ours()}
+        )
+        volumes = self._client.volumes.list(filters={"label": self._ours()})
+        return [*containers, *volumes]
+
+    @_translated("run a command in the workspace")
     def exec(
         self, key: WorkspaceKey, argv: Sequence[str], *, user: str = "root"
     ) -> ExecResult:
-        with _translated("run a command in the workspace"):
-            container = self._container(key)
-            if container is None or container.status != "running":
-                raise PermanentError("the workspace is not running")
-            code, output = container.exec_run(list(argv), user=user)
-            return ExecResult(int(code), output or b"")
+        container = self._container(key)
+        if container is None or container.status != "running":
+            raise PermanentError("the workspace is not running")
+        code, output = container.exec_run(list(argv), user=user)
+        return ExecResult(int(code), output or b"")
 
+    @_translated("open a terminal")
     def open_terminal(
         self, key: WorkspaceKey, argv: Sequence[str], *, rows: int, cols: int
     ) -> Terminal:
-        with _translated("open a terminal"):
-            container = self._container(key)
-            if container is None or container.status != "running":
-                raise PermanentError("the workspace is not running")
-            api = self._client.api
-            created = api.exec_create(
-                container.id, list(argv), tty=True, stdin=True,
-                environment={"TERM": "xterm-256color"},
-            )
-            sock = api.exec_start(created["Id"], tty=True, socket=True)
-            terminal = DockerTerminal(api, created["Id"], _raw_socket(sock))
-            terminal.resize(rows, cols)
-            return terminal
+        container = self._container(key)
+        if container is None or container.status != "running":
+            raise PermanentError("the workspace is not running")
+        api = self._client.api
+        created = api.exec_create(
+            container.id,
+            list(argv),
+            tty=True,
+            stdin=True,
+            environment={"TERM": "xterm-256color"},
+        )
+        sock = api.exec_start(created["Id"], tty=True, socket=True)
+        terminal = DockerTerminal(api, created["Id"], _raw_socket(sock))
+        terminal.resize(rows, cols)
+        return terminal
 
+    @_translated("reach the container runtime")
     def ping(self) -> None:
-        with _translated("reach the container runtime"):
-            self._client.ping()
+        self._client.ping()
 
 
 class DockerTerminal(Terminal):
@@ -290,15 +341,16 @@ class DockerTerminal(Terminal):
             log.debug("terminal resize refused", extra={"error": str(err)})
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
 
 
 def _raw_socket(sock: Any) -> socket.socket:
-    return sock._sock if hasattr(sock, "_sock") else sock
+    # docker-py hands back a SocketIO around the real socket for unix endpoints.
+    raw = getattr(sock, "_sock", sock)
+    assert isinstance(raw, socket.socket)
+    return raw
 
 
 def _tar_dir(directory: Path, arcname: str) -> bytes:
@@ -330,33 +382,5 @@ def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def _ignore_missing(fn: Any) -> None:
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         fn()
-    except docker.errors.NotFound:
-        pass
-
-
-class _translated:
-    """Turn docker SDK and connection errors into the bot's error classes."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: Any, _tb: Any) -> bool:
-        if err is None or isinstance(err, (PermanentError, TemporaryError)):
-            return False
-        if isinstance(err, docker.errors.ImageNotFound):
-            raise PermanentError(f"could not {self.what}: image not found") from err
-        if isinstance(err, docker.errors.APIError):
-            if err.status_code is not None and err.status_code < 500:
-                raise PermanentError(
-                    f"could not {self.what}: {err.explanation or err}"
-                ) from err
-            raise TemporaryError(f"could not {self.what}: {err.explanation or err}") from err
-        if isinstance(err, (requests.RequestException, docker.errors.DockerException,
-                            ConnectionError)):
-            raise TemporaryError(f"could not {self.what}: runtime unreachable") from err
-        return False

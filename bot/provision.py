@@ -1,0 +1,285 @@
+"""Joining a workspace: check access, then make the person a Linux user in it.
+
+Called on every join and every terminal connection, not only the first:
+access is re-read from GitLab each time, so someone removed from the project, or
+blocked, is refused (and their account locked) the next time they try. The
+in-workspace tool (``bot/workspace/rwctl.sh``) does the work inside the
+container; this module decides what to ask of it and records the outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from bot import accounts
+from bot.errors import PermanentError
+from bot.gitlab import Client
+from bot.lifecycle import Phase
+from bot.runtime.base import Runtime, WorkspaceKey
+from bot.settings import Settings
+from bot.store import Member, Store, Workspace, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Refusal(enum.Enum):
+    NO_WORKSPACE = 404
+    NOT_READY = 409
+    FORBIDDEN = 403
+
+
+class Refused(PermanentError):
+    """The person may not join; ``reason`` says why and what to do."""
+
+    def __init__(self, reason: str, kind: Refusal) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who signed in, as GitLab told us at sign-in."""
+
+    id: int
+    username: str
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    key: WorkspaceKey
+    linux_name: str
+    role: accounts.Role
+    checkout: str
+
+
+def role_for(access_level: int, settings: Settings) -> accounts.Role | None:
+    """The role an access level gives, or None if it gives none."""
+    if access_level >= settings.write_level:
+        return accounts.Role.WRITE
+    if access_level >= settings.read_level:
+        return accounts.Role.READ
+    return None
+
+
+def join(
+    settings: Settings,
+    store: Store,
+    gitlab: Client,
+    runtime: Runtime,
+    person: Person,
+    key: WorkspaceKey,
+) -> Joined:
+    ws = _workspace(store, key)
+    role = check_access(settings, store, gitlab, runtime, person, ws)
+
+    keys = accounts.usable_keys(gitlab.ssh_keys(person.id, utcnow()))
+    # Someone renamed on GitLab keeps the account (and uid) they already have.
+    name = _known_name(store, ws, person.id) or accounts.linux_name(
+        person.username, person.id
+    )
+    result = runtime.exec(key, _adduser(settings, ws, person, role, name, keys))
+    if accounts.name_refused(result.exit_code, result.output.decode(errors="replace")):
+        # The image already has an account of that name: use the fallback,
+        # which contains the GitLab id and so cannot belong to anyone else.
+        name = accounts.fallback_name(person.id)
+        result = runtime.exec(key, _adduser(settings, ws, person, role, name, keys))
+    if result.exit_code != 0:
+        log.error(
+            "provisioning failed",
+            extra={
+                "workspace": key.slug(),
+                "user": person.username,
+                "exit_code": result.exit_code,
+                "output": result.output.decode(errors="replace")[-300:],
+            },
+        )
+        raise PermanentError("Setting up your account in the workspace failed.")
+
+    _remember(store, ws, person, name, role)
+    log.info(
+        "user joined",
+        extra={"workspace": key.slug(), "user": person.username, "role": role.value},
+    )
+    return Joined(key, name, role, f"{settings.workspace_root}/{ws.project_path}")
+
+
+def check_access(
+    settings: Settings,
+    store: Store,
+    gitlab: Client,
+    runtime: Runtime,
+    person: Person,
+    ws: Workspace,
+) -> accounts.Role:
+    """The person's role now; refuse (and lock a former member) if they have none."""
+    if ws.phase != Phase.READY:
+        raise Refused(
+            f"The workspace for !{ws.mr_iid} is {ws.phase.replace('-', ' ')}, "
+            "so it cannot be joined right now.",
+            Refusal.NOT_READY,
+        )
+    membership = gitlab.membership(ws.project_id, person.id)
+    if membership is None or membership.state != "active":
+        role = None
+    else:
+        role = role_for(membership.access_level, settings)
+    if role is None:
+        lock(store, runtime, ws, person.id)
+        if membership is not None and membership.state != "active":
+            raise Refused("Your GitLab account is not active.", Refusal.FORBIDDEN)
+        raise Refused(
+            f"You need at least the Reporter role on {ws.project_path} to join its "
+            "review workspaces. Ask a maintainer of the project to add you.",
+            Refusal.FORBIDDEN,
+        )
+    return role
+
+
+def lock(store: Store, runtime: Runtime, ws: Workspace, user_id: int) -> None:
+    """Lock the account of a former member and end their processes."""
+    with store.session() as session:
+        member = session.scalars(
+            sa.select(Member).where(
+                Member.workspace_id == ws.id, Member.gitlab_user_id == user_id
+            )
+        ).one_or_none()
+        if member is None or member.locked:
+            return
+        name = member.linux_name
+    runtime.exec(WorkspaceKey(ws.project_id, ws.mr_iid), accounts.lock_argv(name))
+    with store.session() as session:
+        session.execute(
+            sa.update(Member).where(Member.id == member.id).values(locked=True)
+        )
+        _comment_due(session, ws.id)
+    log.info("access revoked", extra={"workspace": ws.id, "linux_name": name})
+
+
+def member_name(store: Store, ws: Workspace, user_id: int) -> str | None:
+    """The Linux account of a member who joined this generation, if any."""
+    with store.session() as session:
+        return session.scalar(
+            sa.select(Member.linux_name).where(
+                Member.workspace_id == ws.id,
+                Member.gitlab_user_id == user_id,
+                Member.generation == ws.generation,
+                Member.locked.is_(False),
+            )
+        )
+
+
+def members(store: Store, ws: Workspace) -> list[Member]:
+    with store.session() as session:
+        return list(
+            session.scalars(
+                sa.select(Member)
+                .where(
+                    Member.workspace_id == ws.id,
+                    Member.generation == ws.generation,
+                    Member.locked.is_(False),
+                )
+                .order_by(Member.first_joined_at)
+            )
+        )
+
+
+def _known_name(store: Store, ws: Workspace, user_id: int) -> str | None:
+    with store.session() as session:
+        return session.scalar(
+            sa.select(Member.linux_name).where(
+                Member.workspace_id == ws.id,
+                Member.gitlab_user_id == user_id,
+                Member.generation == ws.generation,
+            )
+        )
+
+
+def _workspace(store: Store, key: WorkspaceKey) -> Workspace:
+    with store.session() as session:
+        ws = session.scalars(
+            sa.select(Workspace).where(
+                Workspace.project_id == key.project_id, Workspace.mr_iid == key.mr_iid
+            )
+        ).one_or_none()
+    if ws is None:
+        raise Refused(
+            "There is no review workspace for this merge request.", Refusal.NO_WORKSPACE
+        )
+    return ws
+
+
+def workspace(store: Store, key: WorkspaceKey) -> Workspace:
+    return _workspace(store, key)
+
+
+def _adduser(
+    settings: Settings,
+    ws: Workspace,
+    person: Person,
+    role: accounts.Role,
+    name: str,
+    keys: list[str],
+) -> list[str]:
+    host = settings.gitlab_url.split("://", 1)[1].split("/", 1)[0]
+    info = {
+        "id": person.id,
+        "username": person.username,
+        "name": person.name,
+        "commit_email": person.email,
+    }
+    return accounts.adduser_argv(
+        name=name,
+        gitlab_user_id=person.id,
+        gitlab_username=person.username,
+        role=role,
+        git_name=accounts.git_name(info),
+        git_email=accounts.git_email(info, host),
+        keys=keys,
+    )
+
+
+def _remember(
+    store: Store, ws: Workspace, person: Person, name: str, role: accounts.Role
+) -> None:
+    with store.session() as session:
+        member = session.scalars(
+            sa.select(Member).where(
+                Member.workspace_id == ws.id, Member.gitlab_user_id == person.id
+            )
+        ).one_or_none()
+        if member is None:
+            member = Member(
+                workspace_id=ws.id,
+                gitlab_user_id=person.id,
+                generation=ws.generation,
+                first_joined_at=utcnow(),
+            )
+            session.add(member)
+            changed = True
+        else:
+            changed = (
+                member.role != role.value
+                or member.locked
+                or member.generation != ws.generation
+            )
+        member.username = person.username
+        member.linux_name = name
+        member.role = role.value
+        member.generation = ws.generation
+        member.locked = False
+        member.last_joined_at = utcnow()
+        if changed:
+            _comment_due(session, ws.id)
+
+
+def _comment_due(session: sa.orm.Session, workspace_id: int) -> None:
+    """Ask the reconciler to re-render the MR comment (who joined changed)."""
+    session.execute(
+        sa.update(Workspace).where(Workspace.id == workspace_id).values(due_at=utcnow())
+    )

@@ -1,0 +1,1 @@
+"""The tool placed into every review workspace (``rwctl.sh``)."""

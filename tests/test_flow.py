@@ -1,0 +1,191 @@
+"""The whole flow on real Podman with the GitLab double.
+
+Cases: an opened MR gets one comment with a join link and a running container
+with the MR head checked out (and no credential anywhere in it); a push makes
+the comment say the workspace is behind; merging removes the container and its
+volume and says so; a reopened MR gets a fresh workspace; a fork MR gets no
+container and a comment asking for approval; redelivered events and repeated
+reconcile passes never post a second comment; a missed merge webhook is
+corrected by the resync; an orphaned container is removed by the resync.
+"""
+
+import pytest
+
+from tests import harness
+from tests.gitlab_double import DEVELOPER
+
+
+@pytest.fixture
+def stack(docker_host, tmp_path):
+    s = harness.Stack(docker_host, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def project(stack):
+    p = stack.gitlab.add_project("team/app", files={"README.md": "hello\n"})
+    dev = stack.gitlab.add_user("dana", name="Dana Dev")
+    stack.gitlab.set_member(p, dev, DEVELOPER)
+    return p
+
+
+def open_mr(stack, project, **kwargs):
+    mr = stack.gitlab.open_mr(project, "feature", {"app.py": "print('v1')\n"}, **kwargs)
+    assert stack.deliver(stack.gitlab.mr_hook(mr, "open")).status_code == 200
+    return mr
+
+
+def test_an_opened_merge_request_gets_a_workspace_and_one_comment(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+
+    body = stack.comment(mr)
+    assert "ready" in body
+    assert f"{stack.url}/w/{project['id']}/{mr['iid']}" in body
+    assert stack.gitlab.mr(mr)["sha"][:8] in body
+    (container,) = stack.containers(mr)
+    assert container.status == "running"
+    checkout = "/workspace/team/app"
+    assert stack.run_in(mr, "cat", f"{checkout}/app.py") == "print('v1')\n"
+    head = stack.run_in(mr, "git", "-C", checkout, "rev-parse", "HEAD").strip()
+    assert head == stack.gitlab.mr(mr)["sha"]
+
+
+def test_no_credential_is_left_in_the_workspace(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    # Read everything out and search here, so the token never appears in the
+    # command that looks for it.
+    everything = stack.run_in(
+        mr,
+        "sh",
+        "-c",
+        "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null;"
+        " find /workspace /etc /opt /root /home /tmp /var -xdev -type f -size -2M"
+        " -exec cat {} + 2>/dev/null; true",
+    )
+    assert len(everything) > 10_000  # it did read the checkout and /etc
+    assert stack.gitlab.token not in everything
+    config = stack.run_in(mr, "cat", "/workspace/team/app/.git/config")
+    assert (
+        "Authorization" not in config and "@" not in config.split("url =")[1].split()[0]
+    )
+
+
+def test_a_push_makes_the_comment_say_the_workspace_is_behind(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    first = stack.gitlab.mr(mr)["sha"]
+
+    new = stack.gitlab.push(mr, {"app.py": "print('v2')\n"})
+    stack.deliver(stack.gitlab.mr_hook(mr, "update"))
+    stack.settle()
+
+    body = stack.comment(mr)
+    assert "Behind" in body and new[:8] in body and first[:8] in body
+    assert stack.run_in(mr, "cat", "/workspace/team/app/app.py") == "print('v1')\n"
+
+
+def test_merging_removes_the_container_and_its_volume(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    assert stack.volumes(mr)
+
+    stack.gitlab.merge(mr)
+    stack.deliver(stack.gitlab.mr_hook(mr, "merge"))
+    stack.settle()
+
+    assert stack.containers(mr) == []
+    assert stack.volumes(mr) == []
+    body = stack.comment(mr)
+    assert "removed" in body and "merged" in body
+    assert "/w/" not in body  # no join link for a removed workspace
+
+
+def test_a_reopened_merge_request_gets_a_fresh_workspace(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    stack.run_in(mr, "touch", "/workspace/team/app/left-behind")
+
+    stack.gitlab.close(mr)
+    stack.deliver(stack.gitlab.mr_hook(mr, "close"))
+    stack.settle()
+    assert stack.containers(mr) == []
+
+    stack.gitlab.reopen(mr)
+    stack.deliver(stack.gitlab.mr_hook(mr, "reopen"))
+    stack.settle()
+    (container,) = stack.containers(mr)
+    assert container.labels["rwbot.generation"] == "2"
+    assert "left-behind" not in stack.run_in(mr, "ls", "/workspace/team/app")
+    assert "ready" in stack.comment(mr)
+
+
+def test_a_fork_merge_request_starts_nothing_and_asks_for_approval(stack, project):
+    fork = stack.gitlab.add_project("outsider/app", files={"README.md": "hello\n"})
+    mr = open_mr(stack, project, source_project=fork)
+    stack.settle()
+
+    assert stack.containers(mr) == []
+    body = stack.comment(mr)
+    assert "fork" in body and "Developer" in body and "/workspace start" in body
+
+
+def test_redeliveries_and_repeated_passes_never_post_a_second_comment(stack, project):
+    mr = open_mr(stack, project)
+    payload = stack.gitlab.mr_hook(mr, "open")
+    stack.deliver(payload, headers={"Idempotency-Key": "same"})
+    stack.deliver(payload, headers={"Idempotency-Key": "same"})
+    stack.settle()
+    stack.make_due()
+    stack.settle()
+    # The comment id was lost (as if the store had been restored from backup):
+    with stack.store.session() as s:
+        s.execute(
+            harness.sa.update(harness.Workspace).values(note_id=None, note_digest=None)
+        )
+    stack.make_due()
+    stack.settle()
+
+    assert len(stack.bot_notes(mr)) == 1
+    posts = stack.gitlab.calls("POST", r"/merge_requests/\d+/notes$")
+    assert len(posts) == 1
+
+
+def test_a_missed_merge_webhook_is_corrected_by_the_resync(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    stack.gitlab.merge(mr)  # the webhook never arrives
+
+    stack.reconciler.resync()
+    stack.settle()
+
+    assert stack.containers(mr) == []
+    assert "merged" in stack.comment(mr)
+
+
+def test_an_open_merge_request_nobody_told_us_about_is_found_by_the_resync(
+    stack, project
+):
+    mr = stack.gitlab.open_mr(project, "quiet", {"a.txt": "a\n"})
+    stack_settings = stack.settings.with_overrides(projects=("team/app",))
+    stack.reconciler.settings = stack_settings
+
+    stack.reconciler.resync()
+    stack.settle()
+
+    assert len(stack.containers(mr)) == 1
+    assert "ready" in stack.comment(mr)
+
+
+def test_an_orphaned_container_is_removed_by_the_resync(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    with stack.store.session() as s:  # the store lost the workspace
+        s.execute(harness.sa.delete(harness.Workspace))
+
+    stack.reconciler.resync()
+
+    assert stack.containers(mr) == []
+    assert stack.volumes(mr) == []
