@@ -34,14 +34,16 @@ from bot.provision import Person
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
-oauth = OAuth()
 
 SCOPES = "openid read_user"
 
 
 def init_app(app: Any) -> None:
     settings = app.config["RWBOT_SETTINGS"]
-    oauth.init_app(app)
+    # One registry per app: Authlib caches clients, and a process may hold
+    # several apps (tests, or several installations behind one server).
+    oauth = OAuth(app)
+    app.extensions["rwbot_oauth"] = oauth
     if settings.oauth_client_id and settings.oauth_client_secret:
         oauth.register(
             "gitlab",
@@ -50,7 +52,6 @@ def init_app(app: Any) -> None:
             server_metadata_url=f"{settings.gitlab_url}/.well-known/openid-configuration",
             api_base_url=f"{settings.gitlab_url}/api/v4/",
             client_kwargs={"scope": SCOPES, "code_challenge_method": "S256"},
-            overwrite=True,
         )
     app.register_blueprint(bp)
 
@@ -71,10 +72,7 @@ def current_person() -> Person | None:
 
 
 def _client() -> Any:
-    client = oauth.create_client("gitlab")
-    if client is None:
-        return None
-    return client
+    return current_app.extensions["rwbot_oauth"].create_client("gitlab")
 
 
 @bp.get("/auth/login")

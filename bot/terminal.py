@@ -118,7 +118,7 @@ def join(project_id: int, mr_iid: int) -> ResponseReturnValue:
         username=person.username,
         linux_name=joined.linux_name,
         role=joined.role.value,
-        socket_path=url_for("terminal.tty", project_id=project_id, mr_iid=mr_iid),
+        socket_path=f"/w/{project_id}/{mr_iid}/tty",
     )
 
 

@@ -62,8 +62,16 @@ class Stack:
         self.gitlab.start()
         self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
+        client_id, client_secret = self.gitlab.register_oauth_app(
+            f"{self.url}/auth/callback"
+        )
         self.settings = bot_settings(
-            self.gitlab, self.url, f"sqlite:///{tmp_path}/bot.db", **extra
+            self.gitlab,
+            self.url,
+            f"sqlite:///{tmp_path}/bot.db",
+            oauth_client_id=client_id,
+            oauth_client_secret=client_secret,
+            **extra,
         )
         self.store = Store(self.settings.database_url)
         self.store.migrate()

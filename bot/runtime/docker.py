@@ -25,6 +25,7 @@ import select
 import socket
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -252,8 +253,25 @@ class DockerRuntime(Runtime):
             all=True, filters={"label": self._ours(key)}
         ):
             _ignore_missing(lambda c=container: c.remove(force=True, v=True))
-        for volume in self._client.volumes.list(filters={"label": self._ours(key)}):
-            _ignore_missing(lambda v=volume: v.remove(force=True))
+        for volume in self._volumes(key):
+            self._remove_volume(volume)
+
+    def _remove_volume(self, volume: Any) -> None:
+        # Podman may still be tearing the container down when its removal call
+        # returns; the volume is then "in use" for a moment.
+        deadline = time.monotonic() + 30
+        delay = 0.05
+        while True:
+            try:
+                volume.remove(force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as err:
+                if err.status_code != 409 or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
 
     def list_ours(self) -> Iterator[Listed]:
         seen = set()
@@ -274,8 +292,17 @@ class DockerRuntime(Runtime):
         containers = self._client.containers.list(
             all=True, filters={"label": self._ours()}
         )
-        volumes = self._client.volumes.list(filters={"label": self._ours()})
-        return [*containers, *volumes]
+        return [*containers, *self._volumes()]
+
+    def _volumes(self, key: WorkspaceKey | None = None) -> list[Any]:
+        """Our volumes. Podman 4's compatible API ORs several label filters on
+        volumes (it ANDs them on containers), so every label is checked here."""
+        wanted = dict(label.split("=", 1) for label in self._ours(key))
+        return [
+            volume
+            for volume in self._client.volumes.list(filters={"label": self._ours(key)})
+            if wanted.items() <= (volume.attrs.get("Labels") or {}).items()
+        ]
 
     @_translated("run a command in the workspace")
     def exec(

@@ -10,16 +10,16 @@ Known differences from GitLab, on purpose:
 - apps count as trusted, so there is no consent screen; "signed in at GitLab"
   is one global setting (:meth:`GitLabDouble.login_as`) instead of a cookie, and
   when nobody is signed in a small login form lists the users as buttons;
-- the ``id_token`` is signed with HS256 keyed by the client secret (GitLab
-  uses RS256 and publishes the key at ``jwks_uri``; ours lists no keys).
+- the ``id_token`` is signed with RS256 like GitLab's, by a key made once per
+  test process and published at ``jwks_uri``.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
-import json
 import secrets
 from datetime import timedelta
 from html import escape
@@ -27,6 +27,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request
+from joserfc import jwt
+from joserfc.jwk import RSAKey
 
 from tests.gitlab_double.api import bearer_token, store
 from tests.gitlab_double.state import AccessToken, OAuthApp, OAuthGrant, Store, User
@@ -87,7 +89,7 @@ def pkce_matches(verifier: str | None, challenge: str, method: str) -> bool:
 
 
 def id_token(data: Store, app: OAuthApp, user: User, nonce: str | None) -> str:
-    """An OIDC ID token, HS256-signed with the client secret (see module doc)."""
+    """An OIDC ID token, RS256-signed (see module doc)."""
     now = int(data.now().timestamp())
     claims: dict[str, Any] = {
         "iss": data.url,
@@ -109,12 +111,18 @@ def id_token(data: Store, app: OAuthApp, user: User, nonce: str | None) -> str:
     }
     if nonce:
         claims["nonce"] = nonce
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = b64url(json.dumps(claims).encode())
-    signature = hmac.new(
-        app.secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256
-    ).digest()
-    return f"{header}.{payload}.{b64url(signature)}"
+    key = signing_key()
+    header = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
+    return str(jwt.encode(header, claims, key))
+
+
+@functools.cache
+def signing_key() -> RSAKey:
+    """The RSA key id tokens are signed with (GitLab publishes its own at
+    ``/oauth/discovery/keys``)."""
+    return RSAKey.generate_key(
+        2048, parameters={"kid": "gitlab-double", "use": "sig", "alg": "RS256"}
+    )
 
 
 def user_claims(data: Store, user: User, scopes: list[str]) -> dict[str, Any]:
@@ -401,7 +409,7 @@ def discovery() -> Response:
                 "client_secret_post",
             ],
             "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["HS256"],
+            "id_token_signing_alg_values_supported": ["RS256"],
             "claims_supported": sorted(user_claims_names()),
             "code_challenge_methods_supported": ["plain", "S256"],
         }
@@ -429,4 +437,4 @@ def user_claims_names() -> set[str]:
 
 @oauth.route("/oauth/discovery/keys")
 def keys() -> Response:
-    return jsonify({"keys": []})
+    return jsonify({"keys": [signing_key().as_dict(private=False)]})

@@ -1,0 +1,7 @@
+"""Parts of the Kubernetes runtime (:mod:`bot.runtime.kubernetes`).
+
+``config`` reads the ``RWBOT_K8S_*`` settings, ``manifests`` renders the workspace
+objects from templates, ``api`` turns client errors into the bot's error tree,
+``diagnose`` reads pod status as a person would, and ``stream`` runs commands
+over the pod exec WebSocket.
+"""

@@ -1,0 +1,218 @@
+"""The objects a workspace is made of, rendered from Jinja2 templates.
+
+Templates live in ``templates/kubernetes`` (an operator may point
+``RWBOT_K8S_TEMPLATES`` at a copy). Every value put into them passes the
+``tojson`` filter, whose output is a quoted YAML scalar, so project paths and
+branch names, which come from users, cannot change the document's structure.
+No I/O happens here apart from reading the templates once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+import yaml
+
+from bot import accounts
+from bot.errors import ConfigError, PermanentError
+from bot.runtime import base
+from bot.runtime.kube.config import KubernetesConfig
+
+#: What ``rwctl`` needs to add users and drop to them; everything else is dropped.
+CAPABILITIES = ("SETUID", "SETGID", "CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL")
+
+DEPLOYMENT = "workspace"
+CONTAINER = "workspace"
+SECRET = "clone-credential"  # noqa: S105 - the Secret's name, not its value
+APP_LABEL = ("app.kubernetes.io/name", "rwbot-workspace")
+#: Deployment annotations: when the pod was last asked for (for the ready
+#: timeout) and whether the clone has finished (then the credential is gone).
+STARTED_AT = "rwbot.started-at"
+CHECKOUT = "rwbot.checkout"
+
+#: Template per kind, in the order the objects are created.
+TEMPLATES = {
+    "Namespace": "namespace.yaml.j2",
+    "ConfigMap": "tools-configmap.yaml.j2",
+    "Secret": "credential-secret.yaml.j2",
+    "PersistentVolumeClaim": "pvc.yaml.j2",
+    "NetworkPolicy": "networkpolicy.yaml.j2",
+    "ResourceQuota": "resourcequota.yaml.j2",
+    "LimitRange": "limitrange.yaml.j2",
+    "Deployment": "deployment.yaml.j2",
+}
+SCRIPTS = {"clone_script": "clone.sh", "askpass_script": "askpass.sh"}
+
+_MAX_NAME = 63
+_UNSAFE_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|^-|^/|/$|\.lock$")
+_DOCKER_MEMORY = re.compile(r"^([0-9]+)([kmg]?)b?$")
+
+
+def namespace_name(prefix: str, instance: str, key: base.WorkspaceKey) -> str:
+    """``<prefix><instance>-p<project>-mr<iid>``, shortened with a hash when the
+    result would not fit a DNS label (63 characters)."""
+    name = f"{prefix}{instance}-{key.slug()}"
+    if len(name) <= _MAX_NAME:
+        return name
+
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = _MAX_NAME - len(key.slug()) - len(digest) - 2
+    head = f"{prefix}{instance}"[:room].rstrip("-")
+    return f"{head}-{digest}-{key.slug()}"
+
+
+def labels(instance: str, key: base.WorkspaceKey, generation: int) -> dict[str, str]:
+    return {
+        base.MANAGED_BY: base.MANAGED_BY_VALUE,
+        base.LABEL_INSTANCE: instance,
+        base.LABEL_PROJECT: str(key.project_id),
+        base.LABEL_MR: str(key.mr_iid),
+        base.LABEL_GENERATION: str(generation),
+    }
+
+
+def selector(instance: str) -> dict[str, str]:
+    return {APP_LABEL[0]: APP_LABEL[1], base.LABEL_INSTANCE: instance}
+
+
+def owner_selector(instance: str) -> str:
+    """Label selector for everything this installation owns."""
+    return f"{base.MANAGED_BY}={base.MANAGED_BY_VALUE},{base.LABEL_INSTANCE}={instance}"
+
+
+def memory_quantity(memory: str) -> str:
+    """Docker-style ``512m``/``2g`` (binary units) as a Kubernetes quantity."""
+    match = _DOCKER_MEMORY.match(memory.strip().lower())
+    if match is None:
+        raise ConfigError(f"workspace memory {memory!r} is not like 512m or 2g")
+    number, unit = match.groups()
+    return number + {"": "", "k": "Ki", "m": "Mi", "g": "Gi"}[unit]
+
+
+def cpu_quantity(cpus: float) -> str:
+    return f"{max(1, round(cpus * 1000))}m"
+
+
+def check_source(source: base.Source) -> None:
+    """Refuse sources the clone step must not be handed."""
+    url = urlsplit(source.url)
+    if url.scheme not in ("https", "http") or not url.hostname:
+        raise PermanentError(f"cannot clone {source.url!r}: expected an http(s) URL")
+    if url.username or url.password:
+        raise PermanentError("the clone URL must not carry credentials")
+    if not source.ref or _UNSAFE_REF.search(source.ref):
+        raise PermanentError(f"cannot check out {source.ref!r}: not a valid git ref")
+    if source.sha and not re.fullmatch(r"[0-9a-f]{7,64}", source.sha):
+        raise PermanentError(f"cannot check out {source.sha!r}: not a commit id")
+
+
+def _split_cidrs(cidrs: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    v4 = [c for c in cidrs if ipaddress.ip_network(c).version == 4]
+    v6 = [c for c in cidrs if ipaddress.ip_network(c).version == 6]
+    return v4, v6
+
+
+def _tojson(value: object) -> str:
+    # ASCII-only JSON is a valid YAML flow scalar: no line separators sneak in.
+    return json.dumps(value, ensure_ascii=True)
+
+
+class Renderer:
+    """Renders a workspace's objects; templates and scripts are read once."""
+
+    def __init__(self, config: KubernetesConfig, instance: str) -> None:
+        self._config = config
+        self._instance = instance
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(config.templates)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,  # noqa: S701 - YAML, not HTML; values go through tojson
+            keep_trailing_newline=True,
+        )
+        self._env.filters["tojson"] = _tojson
+        self._scripts = {
+            name: _read(config.templates / filename)
+            for name, filename in SCRIPTS.items()
+        }
+        self._rwctl = _read(config.rwctl)
+
+    def namespace(self, key: base.WorkspaceKey) -> str:
+        return namespace_name(self._config.namespace_prefix, self._instance, key)
+
+    def render(
+        self, spec: base.Spec, *, started_at: float
+    ) -> dict[str, dict[str, Any]]:
+        """Every object of the workspace, by kind, in creation order."""
+        check_source(spec.source)
+        config = self._config
+        deny_v4, deny_v6 = _split_cidrs(config.egress_deny)
+        values = {
+            "namespace": self.namespace(spec.key),
+            "labels": labels(self._instance, spec.key, spec.generation),
+            "selector": selector(self._instance),
+            "pod_labels": {
+                **labels(self._instance, spec.key, spec.generation),
+                **selector(self._instance),
+            },
+            "image": spec.image,
+            "source_url": spec.source.url,
+            "source_ref": spec.source.ref,
+            "source_sha": spec.source.sha,
+            "init_argv": accounts.init_argv(spec.checkout_dir),
+            "checkout_root": spec.checkout_root,
+            "checkout_dir": spec.checkout_dir,
+            "token": spec.source.token,
+            "started_at": f"{started_at:.3f}",
+            "capabilities": list(CAPABILITIES),
+            "cpu_limit": cpu_quantity(spec.cpus),
+            "memory_limit": memory_quantity(spec.memory),
+            "cpu_request": config.cpu_request,
+            "memory_request": config.memory_request,
+            "ephemeral_storage": config.ephemeral_storage,
+            "storage_class": config.storage_class,
+            "pvc_size": config.pvc_size,
+            "runtime_class": config.runtime_class,
+            "host_users": config.host_users,
+            "image_pull_secrets": list(config.image_pull_secrets),
+            "egress": config.egress,
+            "egress_allow": list(config.egress_allow),
+            "deny_v4": deny_v4,
+            "deny_v6": deny_v6,
+            "bot_namespace": config.bot_namespace,
+            "bot_pod_labels": dict(config.bot_pod_labels),
+            "rwctl": self._rwctl,
+            **self._scripts,
+        }
+        return {
+            kind: self._one(kind, filename, values)
+            for kind, filename in TEMPLATES.items()
+        }
+
+    def _one(
+        self, kind: str, filename: str, values: Mapping[str, object]
+    ) -> dict[str, Any]:
+        try:
+            text = self._env.get_template(filename).render(values)
+            obj = yaml.safe_load(text)
+        except (jinja2.TemplateError, yaml.YAMLError) as err:
+            raise ConfigError(
+                f"workspace template {filename} is broken: {err}"
+            ) from err
+        if not isinstance(obj, dict) or obj.get("kind") != kind:
+            raise ConfigError(f"workspace template {filename} must render one {kind}")
+        return obj
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from err

@@ -1,0 +1,693 @@
+"""KubernetesRuntime against the API double, with the real ``kubernetes`` client.
+
+Covers: create → ready → exec as a user and a TTY terminal (echo, resize) →
+stop (replicas 0, volume kept) → start → remove (namespace gone, idempotent);
+pods that become ready later, never become ready (ready timeout), cannot pull
+their image, fail to clone, crash or cannot be scheduled; the clone credential
+(deleted after the clone, never in the shell container, never in .git/config —
+the clone script is run for real against a loopback git server); 403, 404, 409,
+5xx and connection errors; generation bumps; a namespace that is not ours; a
+lost store (``list_ours`` finds and ``remove`` clears); ``config_from_env``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import http.server
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from bot.errors import ConfigError, PermanentError, TemporaryError
+from bot.runtime import base
+from bot.runtime.kube import manifests
+from bot.runtime.kubernetes import KubernetesConfig, KubernetesRuntime, config_from_env
+from bot.settings import SettingsError
+from tests import kube_double
+from tests.kube_double import KubeDouble, PodBehaviour
+from tests.services import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = base.WorkspaceKey(project_id=7, mr_iid=3)
+NAMESPACE = "rwbot-test-p7-mr3"
+TOKEN = "glpat-short-lived-clone-token"
+
+
+def make_spec(generation: int = 1, key: base.WorkspaceKey = KEY) -> base.Spec:
+    source = base.Source(
+        url="https://gitlab.example.com/group/app.git",
+        ref="feature/x",
+        sha="0123456789abcdef0123456789abcdef01234567",
+        path="group/app",
+        token=TOKEN,
+    )
+    return base.Spec(key=key, generation=generation, image="ws:1", source=source)
+
+
+@pytest.fixture
+def rwctl(tmp_path: Path) -> Path:
+    """Stand-in for bot/workspace/rwctl.sh, which is written elsewhere."""
+    path = tmp_path / "rwctl.sh"
+    path.write_text('#!/bin/sh\necho rwctl placeholder "$@"\n')
+    return path
+
+
+@pytest.fixture
+def double() -> Iterator[KubeDouble]:
+    with KubeDouble().running() as running:
+        yield running
+
+
+@pytest.fixture
+def config(rwctl: Path) -> KubernetesConfig:
+    return KubernetesConfig(rwctl=rwctl, ready_timeout=60.0, exec_timeout=30.0)
+
+
+@pytest.fixture
+def runtime(double: KubeDouble, config: KubernetesConfig) -> KubernetesRuntime:
+    return KubernetesRuntime(kube_double.api_client(double), config, "test")
+
+
+def phase_is(runtime: KubernetesRuntime, phase: base.Phase) -> base.Status | None:
+    found = runtime.status(KEY)
+    return found if found.phase is phase else None
+
+
+def running(runtime: KubernetesRuntime) -> None:
+    runtime.ensure_running(make_spec())
+    wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "workspace running")
+
+
+def read_until(terminal: base.Terminal, wanted: bytes) -> bytes:
+    seen = b""
+
+    def more() -> bool:
+        nonlocal seen
+        with contextlib.suppress(TimeoutError):
+            seen += terminal.read(timeout=0.5)
+        return wanted in seen
+
+    wait_for(more, 10, f"{wanted!r} on the terminal")
+    return seen
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+def test_create_makes_a_labelled_namespace_with_every_object(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    status = runtime.ensure_running(make_spec(generation=4))
+
+    assert status == base.Status(base.Phase.STARTING, generation=4)
+    labels = double.must("", "namespaces", "", NAMESPACE)["metadata"]["labels"]
+    assert labels[base.MANAGED_BY] == base.MANAGED_BY_VALUE
+    assert labels[base.LABEL_INSTANCE] == "test"
+    assert (labels[base.LABEL_PROJECT], labels[base.LABEL_MR]) == ("7", "3")
+    assert labels[base.LABEL_GENERATION] == "4"
+    for group, resource, name in [
+        ("", "configmaps", "rwbot-tools"),
+        ("", "secrets", "clone-credential"),
+        ("", "persistentvolumeclaims", "workspace-data"),
+        ("networking.k8s.io", "networkpolicies", "workspace"),
+        ("", "resourcequotas", "workspace"),
+        ("", "limitranges", "workspace"),
+        ("apps", "deployments", "workspace"),
+    ]:
+        found = double.get(group, resource, NAMESPACE, name)
+        assert found is not None, resource
+        assert found["metadata"]["labels"][base.LABEL_GENERATION] == "4"
+
+
+def test_ready_workspace_runs_commands_as_the_given_user(
+    runtime: KubernetesRuntime,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("runuser needs root, as rwctl has in the workspace")
+    running(runtime)
+
+    result = runtime.exec(KEY, ["id", "-un"], user="nobody")
+
+    assert result == base.ExecResult(exit_code=0, output=b"nobody\n")
+    assert runtime.exec(KEY, ["id", "-un"]).output == b"root\n"
+
+
+def test_exec_returns_both_streams_and_the_exit_code(
+    runtime: KubernetesRuntime,
+) -> None:
+    running(runtime)
+
+    result = runtime.exec(KEY, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+
+    assert result.exit_code == 3
+    assert sorted(result.output.splitlines()) == [b"err", b"out"]
+
+
+def test_exec_of_a_missing_program_reports_cannot_execute(
+    runtime: KubernetesRuntime,
+) -> None:
+    running(runtime)
+
+    result = runtime.exec(KEY, ["/nonexistent/tool"])
+
+    assert result.exit_code == 126
+    assert b"/nonexistent/tool" in result.output
+
+
+def test_terminal_echoes_input_and_applies_resizes(runtime: KubernetesRuntime) -> None:
+    running(runtime)
+    terminal = runtime.open_terminal(KEY, ["sh"], rows=24, cols=80)
+    try:
+        terminal.write(b"echo hi\n")
+        assert b"hi\r\n" in read_until(terminal, b"hi\r\n")
+
+        terminal.write(b"stty size\n")
+        read_until(terminal, b"24 80")
+        terminal.resize(rows=50, cols=160)
+        terminal.write(b"stty size\n")
+        read_until(terminal, b"50 160")
+
+        terminal.write(b"exit 4\n")
+        wait_for(lambda: _drained(terminal), 10, "the shell to end")
+        assert terminal.exit_code == 4  # type: ignore[attr-defined]
+    finally:
+        terminal.close()
+
+
+def _drained(terminal: base.Terminal) -> bool:
+    try:
+        return terminal.read(timeout=0.5) == b""
+    except TimeoutError:
+        return False
+
+
+def test_stop_scales_to_zero_and_keeps_the_volume_then_start_brings_it_back(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    running(runtime)
+
+    runtime.stop(KEY)
+
+    deployment = double.must("apps", "deployments", NAMESPACE, "workspace")
+    assert deployment["spec"]["replicas"] == 0
+    assert double.items("", "pods", NAMESPACE) == []
+    assert double.get("", "persistentvolumeclaims", NAMESPACE, "workspace-data")
+    assert runtime.status(KEY) == base.Status(base.Phase.STOPPED, generation=1)
+
+    runtime.ensure_running(make_spec())
+
+    assert (
+        double.must("apps", "deployments", NAMESPACE, "workspace")["spec"]["replicas"]
+        == 1
+    )
+    wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "restarted")
+    # The clone had finished before: no new credential is handed out.
+    assert double.get("", "secrets", NAMESPACE, "clone-credential") is None
+
+
+def test_remove_deletes_the_namespace_and_may_be_repeated(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    running(runtime)
+
+    runtime.remove(KEY)
+    runtime.remove(KEY)
+
+    assert double.get("", "namespaces", "", NAMESPACE) is None
+    assert double.items("apps", "deployments", NAMESPACE) == []
+    assert runtime.status(KEY) == base.Status(base.Phase.MISSING)
+    runtime.stop(KEY)  # stopping what is gone is fine too
+
+
+def test_ensure_running_on_a_running_workspace_changes_nothing(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    running(runtime)
+    before = len(double.calls)
+
+    assert runtime.ensure_running(make_spec()).phase is base.Phase.RUNNING
+    writes = [c for c in double.calls[before:] if c.verb not in ("get", "list")]
+    assert writes == []
+
+
+def test_workspace_is_starting_until_its_pod_is_ready(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec())
+    assert runtime.status(KEY).phase is base.Phase.STARTING
+
+    double.make_ready(NAMESPACE)
+
+    wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "ready")
+
+
+# -- the clone credential --------------------------------------------------------------
+
+
+def test_credential_is_deleted_once_the_clone_has_finished(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec())
+    secret = double.must("", "secrets", NAMESPACE, "clone-credential")
+    assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
+    runtime.status(KEY)
+    assert double.get("", "secrets", NAMESPACE, "clone-credential") is not None
+
+    double.make_ready(NAMESPACE)
+    wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "ready")
+
+    assert double.get("", "secrets", NAMESPACE, "clone-credential") is None
+    deployment = double.must("apps", "deployments", NAMESPACE, "workspace")
+    assert deployment["metadata"]["annotations"][manifests.CHECKOUT] == "done"
+
+
+def test_credential_is_mounted_in_the_clone_step_only(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    runtime.ensure_running(make_spec())
+    pod = double.must("apps", "deployments", NAMESPACE, "workspace")["spec"]["template"]
+    (shell,) = pod["spec"]["containers"]
+    (clone,) = pod["spec"]["initContainers"]
+    credential_volumes = {v["name"] for v in pod["spec"]["volumes"] if "secret" in v}
+
+    assert credential_volumes == {"credential"}
+    assert "credential" in {m["name"] for m in clone["volumeMounts"]}
+    assert "credential" not in {m["name"] for m in shell["volumeMounts"]}
+    assert "envFrom" not in shell and "env" not in shell
+    assert TOKEN not in str(pod)
+
+
+class _GitHandler(http.server.SimpleHTTPRequestHandler):
+    """Dumb-HTTP git server that wants the token as the password."""
+
+    def do_GET(self) -> None:
+        expected = base64.b64encode(f"oauth2:{TOKEN}".encode()).decode()
+        if self.headers.get("Authorization") != f"Basic {expected}":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_clone_script_fetches_with_the_token_and_leaves_it_nowhere(
+    tmp_path: Path,
+) -> None:
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    _git("init", "-q", "-b", "main", cwd=origin)
+    (origin / "README").write_text("hello\n")
+    _git("add", "README", cwd=origin)
+    _git(
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.com",
+        "commit",
+        "-qm",
+        "c",
+        cwd=origin,
+    )
+    _git("checkout", "-qb", "feature/x", cwd=origin)
+    sha = _git("rev-parse", "HEAD", cwd=origin)
+    _git(
+        "clone",
+        "-q",
+        "--bare",
+        str(origin),
+        str(tmp_path / "served" / "app.git"),
+        cwd=tmp_path,
+    )
+    _git("update-server-info", cwd=tmp_path / "served" / "app.git")
+
+    port = free_port()
+    handler = functools.partial(_GitHandler, directory=str(tmp_path / "served"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    credential = tmp_path / "credential"
+    credential.write_text(TOKEN)
+    dest = tmp_path / "workspace" / "group" / "app"
+    templates = ROOT / "templates" / "kubernetes"
+    askpass = tmp_path / "askpass"  # executable, as the ConfigMap mounts it
+    askpass.write_bytes((templates / "askpass.sh").read_bytes())
+    askpass.chmod(0o700)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "RWBOT_SOURCE_URL": f"http://127.0.0.1:{port}/app.git",
+        "RWBOT_SOURCE_REF": "feature/x",
+        "RWBOT_SOURCE_SHA": sha,
+        "RWBOT_CHECKOUT_DIR": str(dest),
+        "RWBOT_CREDENTIAL_FILE": str(credential),
+        "GIT_ASKPASS": str(askpass),
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    try:
+        subprocess.run(
+            ["sh", str(templates / "clone.sh")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        again = subprocess.run(
+            ["sh", str(templates / "clone.sh")],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        gone = {
+            **env,
+            "RWBOT_SOURCE_SHA": "f" * 40,
+            "RWBOT_CHECKOUT_DIR": str(tmp_path / "other"),
+        }
+        stale = subprocess.run(
+            ["sh", str(templates / "clone.sh")],
+            env=gone,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        server.shutdown()
+
+    assert stale.returncode == 1
+    assert stale.stderr == f"commit {'f' * 40} is no longer part of the merge request\n"
+    assert not (tmp_path / "other").exists()
+
+    assert (dest / "README").read_text() == "hello\n"
+    assert _git("rev-parse", "HEAD", cwd=dest) == sha
+    # The layout of bot.git.fetch_checkout, which the Docker runtime uses.
+    assert _git("rev-parse", "--abbrev-ref", "HEAD", cwd=dest) == "review"
+    assert _git("rev-parse", "refs/remotes/origin/mr-head", cwd=dest) == sha
+    assert _git("config", "core.sharedRepository", cwd=dest) == "group"
+    assert _git("config", "remote.origin.url", cwd=dest) == env["RWBOT_SOURCE_URL"]
+    leaked = subprocess.run(["grep", "-rl", TOKEN, str(dest)], capture_output=True)
+    assert leaked.stdout == b""
+    assert "already present" in again.stdout
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+def test_pod_that_never_becomes_ready_fails_after_the_timeout(
+    double: KubeDouble, config: KubernetesConfig
+) -> None:
+    quick = KubernetesConfig(rwctl=config.rwctl, ready_timeout=0.3)
+    runtime = KubernetesRuntime(kube_double.api_client(double), quick, "test")
+    double.behaviour = PodBehaviour.NEVER_READY
+    runtime.ensure_running(make_spec())
+
+    failed = wait_for(lambda: phase_is(runtime, base.Phase.FAILED), 10, "timeout")
+
+    assert isinstance(failed, base.Status)
+    assert failed.reason == (
+        "the workspace did not become ready within 0.3 s: "
+        "Readiness probe failed: checkout missing"
+    )
+
+
+def test_unschedulable_pod_is_starting_until_the_timeout_then_failed(
+    double: KubeDouble, config: KubernetesConfig
+) -> None:
+    now = [1_000.0]
+    runtime = KubernetesRuntime(
+        kube_double.api_client(double), config, "test", clock=lambda: now[0]
+    )
+    double.behaviour = PodBehaviour.UNSCHEDULABLE
+    runtime.ensure_running(make_spec())
+    now[0] += config.ready_timeout
+    assert runtime.status(KEY).phase is base.Phase.STARTING
+
+    now[0] += 1
+    failed = runtime.status(KEY)
+
+    assert failed.phase is base.Phase.FAILED
+    assert failed.reason == (
+        "the workspace did not become ready within 60 s: "
+        "cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."
+    )
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        (
+            PodBehaviour.IMAGE_PULL,
+            'the workspace image could not be pulled: Failed to pull image "ws:1": '
+            'rpc error: code = NotFound desc = failed to resolve reference "ws:1": '
+            "not found",
+        ),
+        (
+            PodBehaviour.CLONE_FAILED,
+            "cloning the merge request failed: fatal: couldn't find remote ref "
+            "refs/heads/gone (exit code 128)",
+        ),
+        (
+            PodBehaviour.POST_START_FAILED,
+            "preparing the workspace failed: PostStartHook failed: command exited "
+            "with 3: rwctl: group-taken: rwbot-write exists with gid 1000",
+        ),
+        (
+            PodBehaviour.CRASH_LOOP,
+            "the workspace container keeps crashing: sleep: not found (exit code 127)",
+        ),
+    ],
+)
+def test_pod_failures_fail_the_workspace_at_once_with_the_pods_words(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    behaviour: PodBehaviour,
+    reason: str,
+) -> None:
+    double.behaviour = behaviour
+    runtime.ensure_running(make_spec())
+
+    assert runtime.status(KEY) == base.Status(base.Phase.FAILED, reason, generation=1)
+
+
+def test_missing_permission_is_a_config_error_naming_it(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    double.deny("create", "apps", "deployments")
+
+    with pytest.raises(
+        ConfigError,
+        match=r"may not create deployments\.apps in namespace "
+        r"rwbot-test-p7-mr3; grant it in the bot's ClusterRole",
+    ):
+        runtime.ensure_running(make_spec())
+
+
+def test_missing_exec_permission_is_a_config_error(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    running(runtime)
+    double.deny("create", "", "pods/exec")
+
+    with pytest.raises(ConfigError, match="may not create pods/exec"):
+        runtime.exec(KEY, ["true"])
+
+
+def test_server_error_is_temporary_and_the_retry_adopts_what_was_made(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    double.fail_once("create", "apps", "deployments", 503)
+    with pytest.raises(TemporaryError, match="unavailable for create deployments"):
+        runtime.ensure_running(make_spec())
+    pvc = double.must("", "persistentvolumeclaims", NAMESPACE, "workspace-data")
+
+    status = runtime.ensure_running(make_spec())
+
+    assert status.phase is base.Phase.STARTING
+    updates = {c.resource for c in double.calls if c.verb == "update"}
+    assert updates == {
+        "configmaps",
+        "secrets",
+        "networkpolicies",
+        "resourcequotas",
+        "limitranges",
+    }
+    assert double.get("apps", "deployments", NAMESPACE, "workspace") is not None
+    # The claim's spec is immutable once bound: adopted as it is, not replaced.
+    assert double.get("", "persistentvolumeclaims", NAMESPACE, "workspace-data") == pvc
+
+
+def test_unreachable_api_is_temporary(config: KubernetesConfig) -> None:
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{free_port()}"
+    configuration.retries = 0
+    runtime = KubernetesRuntime(client.ApiClient(configuration), config, "test")
+
+    with pytest.raises(TemporaryError, match="unreachable"):
+        runtime.ping()
+
+
+def test_exec_without_a_running_pod_is_temporary(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec())
+
+    with pytest.raises(TemporaryError, match="no running pod"):
+        runtime.exec(KEY, ["true"])
+
+
+def test_new_generation_replaces_the_old_namespace(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    running(runtime)
+
+    assert runtime.ensure_running(make_spec(generation=2)).phase is base.Phase.STARTING
+    assert double.get("", "namespaces", "", NAMESPACE) is None  # the old one went
+    runtime.ensure_running(make_spec(generation=2))
+
+    wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "new generation")
+    assert runtime.status(KEY).generation == 2
+
+
+def test_a_namespace_that_is_not_ours_is_neither_adopted_nor_deleted(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    double.seed("", "namespaces", {"metadata": {"name": NAMESPACE, "labels": {}}})
+
+    with pytest.raises(ConfigError, match="is not this bot's"):
+        runtime.ensure_running(make_spec())
+    with pytest.raises(ConfigError, match="is not this bot's"):
+        runtime.remove(KEY)
+    assert double.get("", "namespaces", "", NAMESPACE) is not None
+
+
+def test_bad_clone_source_is_refused_before_anything_is_made(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    spec = make_spec()
+    bad = base.Source("https://user:pw@gitlab.example.com/g/a.git", "main", "", "g/a")
+
+    with pytest.raises(PermanentError, match="must not carry credentials"):
+        runtime.ensure_running(base.Spec(spec.key, 1, spec.image, bad))
+    assert double.items("", "namespaces") == []
+
+
+# -- lost store ------------------------------------------------------------------------
+
+
+def test_list_ours_finds_namespaces_by_label_and_remove_clears_them(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    labels = manifests.labels("test", base.WorkspaceKey(12, 34), 5)
+    double.seed("", "namespaces", {"metadata": {"name": "left-over", "labels": labels}})
+    other = manifests.labels("someone-else", base.WorkspaceKey(1, 1), 1)
+    double.seed("", "namespaces", {"metadata": {"name": "not-mine", "labels": other}})
+    double.seed("", "namespaces", {"metadata": {"name": "unrelated"}})
+
+    found = list(runtime.list_ours())
+
+    assert found == [base.Listed(base.WorkspaceKey(12, 34), 5, "left-over")]
+
+
+def test_orphan_of_a_lost_store_is_found_and_removed_by_a_fresh_bot(
+    runtime: KubernetesRuntime, double: KubeDouble, config: KubernetesConfig
+) -> None:
+    running(runtime)  # then the bot restarts with an empty store
+    fresh = KubernetesRuntime(kube_double.api_client(double), config, "test")
+
+    (orphan,) = list(fresh.list_ours())
+    fresh.remove(orphan.key)
+
+    assert orphan == base.Listed(KEY, 1, NAMESPACE)
+    assert double.items("", "namespaces") == []
+
+
+def test_list_ours_follows_continue_tokens(
+    runtime: KubernetesRuntime, double: KubeDouble
+) -> None:
+    for iid in range(501):
+        labels = manifests.labels("test", base.WorkspaceKey(1, iid), 1)
+        double.seed(
+            "", "namespaces", {"metadata": {"name": f"ns-{iid}", "labels": labels}}
+        )
+
+    assert len(list(runtime.list_ours())) == 501
+    assert sum(1 for c in double.calls if c.resource == "namespaces") == 2
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def test_config_from_env_reads_every_variable(tmp_path: Path) -> None:
+    config = config_from_env(
+        {
+            "RWBOT_K8S_NAMESPACE_PREFIX": "rw-",
+            "RWBOT_K8S_STORAGE_CLASS": "fast",
+            "RWBOT_K8S_PVC_SIZE": "20Gi",
+            "RWBOT_K8S_EGRESS": "allowlist",
+            "RWBOT_K8S_GITLAB_CIDRS": "10.20.0.0/16",
+            "RWBOT_K8S_EGRESS_ALLOW": "192.0.2.0/24, 2001:db8::/32",
+            "RWBOT_K8S_RUNTIME_CLASS": "gvisor",
+            "RWBOT_K8S_HOST_USERS": "false",
+            "RWBOT_K8S_IMAGE_PULL_SECRETS": "a,b",
+            "RWBOT_K8S_BOT_NAMESPACE": "bots",
+            "RWBOT_K8S_BOT_POD_LABELS": "app=bot,tier=web",
+            "RWBOT_K8S_READY_TIMEOUT": "90",
+            "RWBOT_K8S_TEMPLATES": str(tmp_path),
+        }
+    )
+
+    assert config.namespace_prefix == "rw-"
+    assert config.egress_allow == ("10.20.0.0/16", "192.0.2.0/24", "2001:db8::/32")
+    assert config.host_users is False
+    assert config.image_pull_secrets == ("a", "b")
+    assert config.bot_pod_labels == (("app", "bot"), ("tier", "web"))
+    assert config.ready_timeout == 90.0
+    assert config.templates == tmp_path
+    assert config_from_env({}) == KubernetesConfig()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RWBOT_K8S_NAMESPACE_PREFIX", "Not_Valid"),
+        ("RWBOT_K8S_PVC_SIZE", "ten gigs"),
+        ("RWBOT_K8S_EGRESS", "everything"),
+        ("RWBOT_K8S_GITLAB_CIDRS", "10.0.0.1/8"),
+        ("RWBOT_K8S_HOST_USERS", "maybe"),
+        ("RWBOT_K8S_BOT_POD_LABELS", "novalue"),
+        ("RWBOT_K8S_READY_TIMEOUT", "-1"),
+        ("RWBOT_K8S_TEMPLATES", "/nonexistent"),
+    ],
+)
+def test_config_from_env_names_the_bad_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        config_from_env({name: value})
+
+
+def test_namespace_names_fit_a_dns_label() -> None:
+    key = base.WorkspaceKey(9_999_999_999, 9_999_999_999)
+    name = manifests.namespace_name("rwbot-", "a" * 40, key)
+
+    assert len(name) <= 63
+    assert name.endswith("-p9999999999-mr9999999999")
+    assert name != manifests.namespace_name("rwbot-", "a" * 39 + "b", key)
+    assert manifests.namespace_name("rwbot-", "prod", key) == (
+        "rwbot-prod-p9999999999-mr9999999999"
+    )
