@@ -14,6 +14,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from bot import auth, health, logs, terminal, webhooks
+from bot import runtime as runtimes
 from bot import settings as settings_mod
 from bot.gitlab import Client
 from bot.runtime.base import Runtime
@@ -29,8 +30,12 @@ def create_app(
     runtime: Runtime | None = None,
 ) -> Flask:
     if settings is None:
+        # The gunicorn entry point: everything comes from the environment.
         settings = settings_mod.from_env()
         logs.configure(settings.log_format, settings.log_level, secrets_of(settings))
+        gitlab = Client(settings)
+        settings = settings.with_overrides(bot_user_id=gitlab.whoami().id)
+        runtime = runtimes.from_settings(settings)
     store = store or Store(settings.database_url)
     gitlab = gitlab or Client(settings)
 

@@ -6,6 +6,7 @@
   ``gunicorn "bot.app:create_app()"`` and scale the two separately.
 - ``rwbot migrate``: create or upgrade the database schema.
 - ``rwbot hooks install PROJECT``: register (or update) the bot's webhook.
+- ``rwbot audit``: print the audit log (commands, joins, revocations, lifecycle).
 
 Errors the bot raises on purpose become one line on stderr and exit code 2
 (configuration) or 1 (anything else).
@@ -41,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     hooks_sub = hooks.add_subparsers(dest="hooks_command", required=True)
     install = hooks_sub.add_parser("install", help="register or update the webhook")
     install.add_argument("project", help="project id or path, e.g. group/app")
+    audit_cmd = sub.add_parser("audit", help="print the audit log, newest first")
+    audit_cmd.add_argument("--project", type=int, help="only this project id")
+    audit_cmd.add_argument("--mr", type=int, help="only this merge request iid")
+    audit_cmd.add_argument("--limit", type=int, default=50)
     args = parser.parse_args(argv)
 
     try:
@@ -60,6 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "hooks":
             return install_hook(settings, args.project)
+        if args.command == "audit":
+            from bot import audit
+            from bot.store import Store
+
+            for entry in audit.latest(
+                Store(settings.database_url), args.project, args.mr, args.limit
+            ):
+                print(entry.line())
+            return 0
     except ConfigError as err:
         print(f"rwbot: {err}", file=sys.stderr)
         return 2
@@ -86,8 +100,8 @@ def install_hook(settings: Settings, project_ref: str) -> int:
 def build(settings: Settings) -> tuple[Settings, Any, Any, Any]:
     """The store, GitLab client and runtime for ``settings``; learns the bot's
     user id so that its own comments are ignored."""
+    from bot import runtime as runtimes
     from bot.gitlab import Client
-    from bot.runtime.docker import DockerRuntime
     from bot.store import Store
 
     store = Store(settings.database_url)
@@ -95,7 +109,7 @@ def build(settings: Settings) -> tuple[Settings, Any, Any, Any]:
     gitlab = Client(settings)
     settings = settings.with_overrides(bot_user_id=gitlab.whoami().id)
     gitlab = Client(settings)
-    runtime = DockerRuntime.from_env(settings.instance)
+    runtime = runtimes.from_settings(settings)
     return settings, store, gitlab, runtime
 
 

@@ -7,6 +7,7 @@ editing a comment that would not change.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import jinja2
 
 from bot.lifecycle import Phase
-from bot.store import Workspace
+from bot.store import Workspace, utcnow
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -71,6 +72,8 @@ def render(
     prefix: str = "/workspace",
     members: tuple[Member, ...] = (),
     reason: str | None = None,
+    warn_before: float = 3600,
+    now: dt.datetime | None = None,
 ) -> str:
     phase = Phase(ws.phase)
     icon, headline, summary = _HEADLINES[phase]
@@ -85,7 +88,16 @@ def render(
         and ws.head_sha != ws.running_sha
         and phase in (Phase.READY, Phase.STOPPED)
     )
+    now = now or utcnow()
+    warn = dt.timedelta(seconds=warn_before)
+    running = phase == Phase.READY
     return _env.get_template("comment.md.j2").render(
+        stop_at=_when(ws.stop_at) if running else None,
+        stop_soon=running and ws.stop_at is not None and ws.stop_at - now <= warn,
+        expires_at=_when(ws.expires_at) if running else None,
+        expire_soon=running
+        and ws.expires_at is not None
+        and ws.expires_at - now <= warn,
         icon=icon,
         headline=headline,
         summary=summary.format(prefix=prefix),
@@ -102,6 +114,10 @@ def render(
         prefix=prefix,
         marker=marker(ws.project_id, ws.mr_iid),
     )
+
+
+def _when(value: dt.datetime | None) -> str | None:
+    return f"{value:%Y-%m-%d %H:%M} UTC" if value else None
 
 
 def digest(body: str) -> str:

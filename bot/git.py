@@ -80,6 +80,22 @@ def auth_env(token: str) -> dict[str, str]:
     }
 
 
+def bundle(url: str, ref: str, sha: str, since: str, token: str, dest: Path) -> None:
+    """Write a git bundle of ``ref`` at ``sha`` (only what ``since`` lacks, when
+    ``since`` is an ancestor) to ``dest``; its single ref is ``mr-head``."""
+    work = dest.parent / "repo"
+    fetch_checkout(url, ref, sha, token, work)
+    run(["update-ref", "refs/heads/mr-head", sha], cwd=work)
+    spec = ["refs/heads/mr-head"]
+    try:
+        run(["merge-base", "--is-ancestor", since, sha], cwd=work)
+        if since != sha:
+            spec.append(f"^{since}")
+    except GitError:
+        pass  # history was rewritten: send all of it
+    run(["bundle", "create", "-q", str(dest), *spec], cwd=work)
+
+
 def fetch_checkout(url: str, ref: str, sha: str, token: str, dest: Path) -> str:
     """Fetch ``ref`` from ``url`` into a new repository at ``dest`` and check out
     ``sha`` (or the ref's tip when ``sha`` is empty); return the commit checked out.

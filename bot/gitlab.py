@@ -204,6 +204,62 @@ class Client:
 
         self._call(f"edit note {note_id} on !{iid}", call)
 
+    def award(self, project_id: int, iid: int, note_id: int, emoji: str) -> None:
+        """Put an award emoji on a note; one already there counts as done."""
+
+        def call() -> None:
+            note = self._mr(project_id, iid).notes.get(note_id, lazy=True)
+            try:
+                note.awardemojis.create({"name": emoji}, **self._fast)
+            except gitlab.exceptions.GitlabCreateError as err:
+                # GitLab refuses a second identical award (404 "has already
+                # been taken" on some versions, 409/400 on others).
+                if err.response_code not in (400, 404, 409):
+                    raise
+
+        self._call(f"award {emoji} on note {note_id}", call)
+
+    def reply(
+        self, project_id: int, iid: int, discussion_id: str | None, body: str
+    ) -> int:
+        """Answer in the comment's thread (or on the MR if there is no thread)."""
+
+        def call() -> int:
+            mr = self._mr(project_id, iid)
+            if discussion_id:
+                discussion = mr.discussions.get(discussion_id, lazy=True)
+                note = discussion.notes.create({"body": body}, **self._fast)
+            else:
+                note = mr.notes.create({"body": body}, **self._fast)
+            return int(note.id)
+
+        return self._call(f"reply on !{iid}", call)
+
+    def replied(
+        self, project_id: int, iid: int, discussion_id: str | None, marker: str
+    ) -> bool:
+        """Whether the thread already holds a reply of ours carrying ``marker``."""
+
+        def call() -> bool:
+            mr = self._mr(project_id, iid)
+            if discussion_id:
+                discussion = mr.discussions.get(discussion_id, **self._fast)
+                notes = [n["body"] for n in discussion.attributes.get("notes", [])]
+            else:
+                notes = [n.body for n in mr.notes.list(iterator=True, per_page=100)]
+            return any(marker in (body or "") for body in notes)
+
+        return self._call(f"read the thread on !{iid}", call)
+
+    def user_id(self, username: str) -> int | None:
+        """The id of the user called ``username``, if there is one."""
+
+        def call() -> int | None:
+            users = self._gl.users.list(username=username, **self._fast)
+            return int(users[0].id) if users else None
+
+        return self._call(f"look up user {username}", call)
+
     def membership(self, project_id: int, user_id: int) -> Membership | None:
         """The user's effective access to the project; None if not a member.
 
@@ -281,6 +337,7 @@ def _facts(project: Project, mr: Any) -> MergeRequestFacts:
         is_fork=int(mr.source_project_id) != int(mr.target_project_id),
         source_branch=str(mr.source_branch),
         updated_at=parse_time(getattr(mr, "updated_at", None)),
+        author_id=int(mr.author["id"]) if getattr(mr, "author", None) else None,
     )
 
 

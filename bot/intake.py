@@ -13,9 +13,9 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from bot import hooks, lifecycle
+from bot import commands, hooks, lifecycle
 from bot.settings import Settings
-from bot.store import Delivery, Store, Workspace, utcnow
+from bot.store import CommandNote, Delivery, Store, Workspace, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +65,78 @@ def _apply(
     if isinstance(event, hooks.Ignored):
         return "ignored", None, None
     if isinstance(event, hooks.NoteEvent):
-        # Comment commands are handled elsewhere; the bot's own notes never are.
-        return "ignored", event.project_id, event.mr_iid
+        return _queue_commands(session, settings, event), event.project_id, event.mr_iid
 
     facts = facts_from_event(event)
-    ws = session.scalars(
-        sa.select(Workspace).where(
-            Workspace.project_id == facts.project_id, Workspace.mr_iid == facts.mr_iid
-        )
-    ).one_or_none()
+    ws = _row(session, facts.project_id, facts.mr_iid)
     if ws is None:
         session.add(lifecycle.new_workspace(facts))
         session.flush()
         return "applied", facts.project_id, facts.mr_iid
     changed = lifecycle.observe(ws, facts)
     return ("applied" if changed else "unchanged"), facts.project_id, facts.mr_iid
+
+
+def _row(session: sa.orm.Session, project_id: int, mr_iid: int) -> Workspace | None:
+    return session.scalars(
+        sa.select(Workspace).where(
+            Workspace.project_id == project_id, Workspace.mr_iid == mr_iid
+        )
+    ).one_or_none()
+
+
+def _queue_commands(
+    session: sa.orm.Session, settings: Settings, event: hooks.NoteEvent
+) -> str:
+    """Queue a new comment that holds commands for the reconciler.
+
+    Edited comments never run again (GitLab sends them as ``update``), and a
+    comment already queued (redelivered under another key) is not queued twice.
+    """
+    if event.action != "create" or event.system:
+        return "ignored"
+    if not commands.parse(event.body, settings.command_prefix):
+        return "ignored"
+    if session.scalar(
+        sa.select(CommandNote.id).where(CommandNote.note_id == event.note_id)
+    ):
+        return "duplicate"
+    ws = _row(session, event.project_id, event.mr_iid)
+    if ws is None:
+        # A comment on an MR opened before the bot was set up: track it now; the
+        # next resync fills in what the note does not say (title, draft...).
+        ws = lifecycle.new_workspace(
+            lifecycle.MergeRequestFacts(
+                project_id=event.project_id,
+                mr_iid=event.mr_iid,
+                project_path=event.project_path,
+                project_http_url=event.project_http_url,
+                mr_url=f"{event.project_web_url}/-/merge_requests/{event.mr_iid}",
+                title="",
+                state=event.mr_state,
+                head_sha=event.head_sha,
+                draft=False,
+                is_fork=event.is_fork,
+                source_branch="",
+                updated_at=None,
+            )
+        )
+        session.add(ws)
+        session.flush()
+    session.add(
+        CommandNote(
+            workspace_id=ws.id,
+            note_id=event.note_id,
+            discussion_id=event.discussion_id,
+            author_id=event.author_id,
+            author_username=event.author_username,
+            body=event.body,
+            head_sha=event.head_sha,
+            created_at=utcnow(),
+        )
+    )
+    ws.due_at = utcnow()
+    return "queued"
 
 
 def facts_from_event(event: hooks.MergeRequestEvent) -> lifecycle.MergeRequestFacts:
@@ -96,4 +153,5 @@ def facts_from_event(event: hooks.MergeRequestEvent) -> lifecycle.MergeRequestFa
         is_fork=event.is_fork,
         source_branch=event.source_branch,
         updated_at=event.updated_at,
+        author_id=event.author_id,
     )

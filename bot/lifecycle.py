@@ -15,6 +15,8 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 
+from bot.runtime.base import Source
+from bot.settings import Settings
 from bot.store import Workspace, utcnow
 
 
@@ -53,6 +55,7 @@ class MergeRequestFacts:
     is_fork: bool
     source_branch: str
     updated_at: dt.datetime | None
+    author_id: int | None = None
 
 
 def desired_for(state: str) -> Desired:
@@ -122,6 +125,8 @@ def _copy(ws: Workspace, facts: MergeRequestFacts) -> None:
     ws.draft = facts.draft
     ws.is_fork = facts.is_fork
     ws.source_branch = facts.source_branch
+    if facts.author_id is not None:
+        ws.author_id = facts.author_id
     if facts.updated_at is not None:
         ws.mr_updated_at = _naive(facts.updated_at)
 
@@ -175,6 +180,22 @@ def plan(ws: Workspace, *, start_drafts: bool) -> Plan:
         if not ws.approved_sha:
             return Plan(Action.HOLD, phase=Phase.AWAITING_APPROVAL)
         return Plan(Action.RUN, sha=ws.approved_sha)
-    if ws.draft and not start_drafts and ws.running_sha is None:
+    if ws.draft and not start_drafts and ws.running_sha is None and not ws.approved_sha:
         return Plan(Action.HOLD, phase=Phase.DRAFT)
     return Plan(Action.RUN, sha=ws.head_sha)
+
+
+def checkout_source(settings: Settings, ws: Workspace, sha: str) -> Source:
+    """Where a workspace's code comes from.
+
+    The URL is built from the bot's own configuration, never from a payload, so
+    the bot's token is only ever sent to the configured GitLab. The MR ref lives
+    in the target project and also holds fork MRs' commits.
+    """
+    return Source(
+        url=f"{settings.gitlab_url}/{ws.project_path}.git",
+        ref=f"refs/merge-requests/{ws.mr_iid}/head",
+        sha=sha,
+        path=ws.project_path,
+        token=settings.gitlab_token,
+    )

@@ -69,10 +69,10 @@ class MaskSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
             return True
-        record.msg = self._mask(str(record.msg))
+        record.msg = self._mask(record.msg)
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
-            record.args = tuple(self._mask(str(a)) for a in args)
+            record.args = tuple(self._mask(a) for a in args)
         for key, value in _fields(record).items():
             setattr(record, key, self._mask(value))
         if record.exc_info and record.exc_info[1] is not None:

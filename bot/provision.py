@@ -9,19 +9,21 @@ container; this module decides what to ask of it and records the outcome.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from bot import accounts
+from bot import accounts, audit
 from bot.errors import PermanentError
 from bot.gitlab import Client
 from bot.lifecycle import Phase
 from bot.runtime.base import Runtime, WorkspaceKey
 from bot.settings import Settings
-from bot.store import Member, Store, Workspace, utcnow
+from bot.store import Grant, Member, Store, Workspace, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,16 @@ def join(
         raise PermanentError("Setting up your account in the workspace failed.")
 
     _remember(store, ws, person, name, role)
+    seen(settings, store, ws, person.id)
+    audit.record(
+        store,
+        key.project_id,
+        key.mr_iid,
+        person.username,
+        "join",
+        "ok",
+        f"as {name}, {role.value}",
+    )
     log.info(
         "user joined",
         extra={"workspace": key.slug(), "user": person.username, "role": role.value},
@@ -129,6 +141,16 @@ def check_access(
         role = None
     else:
         role = role_for(membership.access_level, settings)
+        granted = _grant(store, ws, person.id)
+        if granted == "none":
+            lock(store, runtime, ws, person.id)
+            raise Refused(
+                "Your access to this workspace was revoked by a maintainer of the "
+                "project or the merge request's author.",
+                Refusal.FORBIDDEN,
+            )
+        if granted is not None:
+            role = accounts.Role(granted)
     if role is None:
         lock(store, runtime, ws, person.id)
         if membership is not None and membership.state != "active":
@@ -139,6 +161,57 @@ def check_access(
             Refusal.FORBIDDEN,
         )
     return role
+
+
+def _grant(store: Store, ws: Workspace, user_id: int) -> str | None:
+    """The role an ``invite`` gave (or "none" after ``revoke``), if any."""
+    with store.session() as session:
+        return session.scalar(
+            sa.select(Grant.role).where(
+                Grant.workspace_id == ws.id, Grant.gitlab_user_id == user_id
+            )
+        )
+
+
+def seen(
+    settings: Settings, store: Store, ws: Workspace, user_id: int, connected: int = 0
+) -> None:
+    """Record activity: a join, an open terminal (``connected`` +1 on open, -1
+    on close, 0 for a heartbeat). Activity pushes the idle stop back."""
+    now = utcnow()
+    with store.session() as session:
+        session.execute(
+            sa.update(Member)
+            .where(Member.workspace_id == ws.id, Member.gitlab_user_id == user_id)
+            .values(
+                last_seen_at=now,
+                connected=sa.case(
+                    (Member.connected + connected < 0, 0),
+                    else_=Member.connected + connected,
+                ),
+            )
+        )
+        row = session.get(Workspace, ws.id)
+        if row is not None and row.stop_at is not None:
+            idle = dt.timedelta(seconds=settings.idle_timeout)
+            row.stop_at = max(row.stop_at, now + idle)
+
+
+def anyone_connected(store: Store, ws: Workspace) -> bool:
+    recent = utcnow() - dt.timedelta(seconds=90)
+    with store.session() as session:
+        return bool(
+            session.scalar(
+                sa.select(sa.func.count())
+                .select_from(Member)
+                .where(
+                    Member.workspace_id == ws.id,
+                    Member.connected > 0,
+                    Member.last_seen_at >= recent,
+                    Member.locked.is_(False),
+                )
+            )
+        )
 
 
 def lock(store: Store, runtime: Runtime, ws: Workspace, user_id: int) -> None:
@@ -159,6 +232,7 @@ def lock(store: Store, runtime: Runtime, ws: Workspace, user_id: int) -> None:
         )
         _comment_due(session, ws.id)
     log.info("access revoked", extra={"workspace": ws.id, "linux_name": name})
+    audit.record(store, ws.project_id, ws.mr_iid, name, "lock", "ok")
 
 
 def member_name(store: Store, ws: Workspace, user_id: int) -> str | None:
@@ -226,7 +300,7 @@ def _adduser(
     name: str,
     keys: list[str],
 ) -> list[str]:
-    host = settings.gitlab_url.split("://", 1)[1].split("/", 1)[0]
+    host = urlsplit(settings.gitlab_url).hostname or "gitlab"
     info = {
         "id": person.id,
         "username": person.username,

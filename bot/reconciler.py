@@ -25,14 +25,14 @@ import time
 import sqlalchemy as sa
 from prometheus_client import Histogram
 
-from bot import comments, lifecycle, provision
+from bot import audit, comments, control, lifecycle, provision
 from bot.errors import PermanentError, TemporaryError
 from bot.gitlab import Client, NotFound, Project
 from bot.lifecycle import Action, Desired, Phase
 from bot.runtime.base import Phase as RuntimePhase
-from bot.runtime.base import Runtime, Source, Spec, WorkspaceKey
+from bot.runtime.base import Runtime, Spec, WorkspaceKey
 from bot.settings import Settings
-from bot.store import Delivery, Store, Workspace, claim, release, utcnow
+from bot.store import Delivery, Member, Store, Workspace, claim, release, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class Reconciler:
         self.gitlab = gitlab
         self.runtime = runtime
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.control = control.Control(settings, store, gitlab, runtime)
+        self.next_check: dt.datetime | None = None
         self._last_resync = 0.0
 
     # -- driving --------------------------------------------------------------
@@ -111,14 +113,28 @@ class Reconciler:
         A temporary failure of either step reschedules the row with backoff; a
         permanent one is reported in the comment and not retried.
         """
-        seen_version = ws.version
         key = WorkspaceKey(ws.project_id, ws.mr_iid)
         started = time.perf_counter()
         retry: TemporaryError | None = None
         changes: dict[str, object] = {}
+        self.next_check = None
 
         try:
-            changes.update(self._converge_runtime(ws, key))
+            # Commands first, in comment order; they may change what the
+            # workspace should be, so the row is read again afterwards.
+            self.control.run_pending(ws.id)
+        except TemporaryError as err:
+            retry = err
+        except PermanentError as err:
+            log.error(
+                "command failed", extra={"workspace": key.slug(), "error": err.reason}
+            )
+        ws = self._reload(ws)
+        seen_version = ws.version
+
+        try:
+            if retry is None:
+                changes.update(self._converge_runtime(ws, key))
         except TemporaryError as err:
             retry = err
         except PermanentError as err:
@@ -141,7 +157,7 @@ class Reconciler:
             )
 
         attempts = ws.attempts + 1 if retry else 0
-        due_at = None
+        due_at = self.next_check
         if retry is not None:
             due_at = self._retry_at(attempts, retry)
             log.warning(
@@ -158,6 +174,12 @@ class Reconciler:
             )
         outcome = "retry" if retry else "failed" if ws.phase == Phase.FAILED else "ok"
         RECONCILE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    def _reload(self, ws: Workspace) -> Workspace:
+        with self.store.session() as session:
+            fresh = session.get(Workspace, ws.id)
+        assert fresh is not None
+        return fresh
 
     def _retry_at(self, attempts: int, err: TemporaryError) -> dt.datetime:
         delay = backoff(
@@ -176,22 +198,72 @@ class Reconciler:
         if plan.action == Action.HOLD:
             return {"phase": plan.phase, "reason": ""}
 
+        if ws.restart:
+            self.runtime.stop(key)
         status = self.runtime.status(key)
         current = status.generation == ws.generation
         if current and status.phase == RuntimePhase.RUNNING and ws.running_sha:
-            return {"phase": Phase.READY, "reason": ""}
+            return {"phase": Phase.READY, "reason": "", **self._timers(ws, key)}
         if current and status.phase == RuntimePhase.STOPPED and ws.phase == Phase.READY:
             return {
                 "phase": Phase.FAILED,
                 "reason": f"the workspace stopped unexpectedly: {status.reason}",
             }
-        if ws.phase == Phase.FAILED:
+        if ws.phase == Phase.FAILED and not ws.restart:
             # No automatic retry of a permanent failure (no crash loop); a
             # reopen or a restart command starts a new attempt.
             return {}
         spec = self._spec(ws, key, plan.sha)
         self.runtime.ensure_running(spec)
-        return {"phase": Phase.READY, "reason": "", "running_sha": plan.sha}
+        ws.running_sha = ws.running_sha if current and ws.running_sha else plan.sha
+        return {
+            "phase": Phase.READY,
+            "reason": "",
+            "running_sha": ws.running_sha,
+            "restart": False,
+            **self._timers(ws, key),
+        }
+
+    def _timers(self, ws: Workspace, key: WorkspaceKey) -> dict[str, object]:
+        """Idle stop and expiry of a running workspace.
+
+        Deadlines are set when it starts, pushed back by activity (joins, open
+        terminals, ``extend``), and enforced here. The row is scheduled to be
+        looked at again when a warning is due or a deadline passes, so the
+        comment warns ahead and nothing depends on a timer in memory.
+        """
+        s, now = self.settings, utcnow()
+        expires_at = ws.expires_at or now + dt.timedelta(seconds=s.max_lifetime)
+        stop_at = ws.stop_at or now + dt.timedelta(seconds=s.idle_timeout)
+        if provision.anyone_connected(self.store, ws):
+            stop_at = max(stop_at, now + dt.timedelta(seconds=s.idle_timeout))
+        if now >= expires_at:
+            self.runtime.remove(key)
+            return {
+                "desired": Desired.GONE,
+                "phase": Phase.REMOVED,
+                "reason": "it reached its maximum lifetime; comment "
+                f"`{s.command_prefix} start` for a new one",
+                "stop_at": None,
+                "expires_at": None,
+            }
+        if now >= stop_at:
+            self.runtime.stop(key)
+            return {
+                "desired": Desired.STOPPED,
+                "phase": Phase.STOPPED,
+                "reason": "nobody used it for a while; comment "
+                f"`{s.command_prefix} start` to start it again",
+                "stop_at": None,
+            }
+        warn = dt.timedelta(seconds=s.warn_before)
+        upcoming = [
+            t
+            for t in (stop_at - warn, stop_at, expires_at - warn, expires_at)
+            if t > now
+        ]
+        self.next_check = min(upcoming) if upcoming else None
+        return {"stop_at": stop_at, "expires_at": expires_at}
 
     def _spec(self, ws: Workspace, key: WorkspaceKey, sha: str) -> Spec:
         s = self.settings
@@ -199,15 +271,7 @@ class Reconciler:
             key=key,
             generation=ws.generation,
             image=s.workspace_image,
-            source=Source(
-                # The URL is built from our own configuration, not the payload,
-                # so the bot's token is only ever sent to the configured GitLab.
-                url=f"{s.gitlab_url}/{ws.project_path}.git",
-                ref=f"refs/merge-requests/{ws.mr_iid}/head",
-                sha=sha,
-                path=ws.project_path,
-                token=s.gitlab_token,
-            ),
+            source=lifecycle.checkout_source(s, ws, sha),
             memory=s.workspace_memory,
             cpus=s.workspace_cpus,
             pids=s.workspace_pids,
@@ -225,6 +289,7 @@ class Reconciler:
             public_url=self.settings.public_url,
             prefix=self.settings.command_prefix,
             members=joined,
+            warn_before=self.settings.warn_before,
         )
         digest = comments.digest(body)
         if digest == ws.note_digest:
@@ -268,6 +333,7 @@ class Reconciler:
         for project in {*self.settings.projects, *map(str, project_ids)}:
             self._resync_project(project)
         self._remove_orphans()
+        self._sweep_access()
         with self.store.session() as session:
             session.execute(
                 sa.delete(Delivery).where(
@@ -323,6 +389,32 @@ class Reconciler:
                     extra={"project": facts.project_id, "mr": facts.mr_iid},
                 )
 
+    def _sweep_access(self) -> None:
+        """Lock out members who lost access since they joined (removed from the
+        project, role lowered, blocked), without waiting for them to try again."""
+        with self.store.session() as session:
+            rows = session.execute(
+                sa.select(Workspace, Member.gitlab_user_id)
+                .join(Member, Member.workspace_id == Workspace.id)
+                .where(Member.locked.is_(False), Workspace.phase == Phase.READY)
+            ).all()
+        for ws, user_id in rows:
+            membership = self.gitlab.membership(ws.project_id, user_id)
+            role = None
+            if membership is not None and membership.state == "active":
+                role = provision.role_for(membership.access_level, self.settings)
+            if role is None:
+                provision.lock(self.store, self.runtime, ws, user_id)
+                audit.record(
+                    self.store,
+                    ws.project_id,
+                    ws.mr_iid,
+                    "bot",
+                    "access lost",
+                    "ok",
+                    f"user {user_id} locked",
+                )
+
     def _remove_orphans(self) -> None:
         with self.store.session() as session:
             wanted = {
@@ -356,4 +448,5 @@ def _gone(ws: Workspace) -> lifecycle.MergeRequestFacts:
         is_fork=ws.is_fork,
         source_branch=ws.source_branch,
         updated_at=None,
+        author_id=ws.author_id,
     )

@@ -90,6 +90,16 @@ class Settings:
     write_level: int = DEVELOPER
     #: Prefix of comment commands.
     command_prefix: str = "/workspace"
+    #: Lowest access level per command verb; see ``bot.commands``.
+    command_permissions: Mapping[str, int] | None = None
+    #: Seconds without anyone connected before a workspace stops.
+    idle_timeout: float = 8 * 3600
+    #: Seconds after start before a workspace is destroyed.
+    max_lifetime: float = 7 * 86400
+    #: How far ``extend`` may push a workspace's expiry, counted from its start.
+    max_extended_lifetime: float = 30 * 86400
+    #: How long before an idle stop or expiry the comment warns.
+    warn_before: float = 3600
     #: The bot user's id, learnt from the token at start; events it caused are
     #: ignored. ``None`` until :func:`bot.gitlab.Client.whoami` has run.
     bot_user_id: int | None = None
@@ -192,7 +202,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         webhook_secret=_required(env, "WEBHOOK_SECRET"),
         public_url=_url("PUBLIC_URL", _required(env, "PUBLIC_URL")),
         database_url=env.get(PREFIX + "DATABASE_URL") or "sqlite:///rwbot.db",
-        runtime=_choice("RUNTIME", env.get(PREFIX + "RUNTIME"), "docker", ("docker",)),
+        runtime=_choice(
+            "RUNTIME", env.get(PREFIX + "RUNTIME"), "docker", ("docker", "kubernetes")
+        ),
         workspace_image=env.get(PREFIX + "WORKSPACE_IMAGE")
         or "localhost/rwbot-workspace:latest",
         webhook_signing_secret=signing,
@@ -201,6 +213,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         resync_interval=_number(
             "RESYNC_INTERVAL", env.get(PREFIX + "RESYNC_INTERVAL"), 300.0, 1.0
         ),
+        claim_lease=_number("CLAIM_LEASE", env.get(PREFIX + "CLAIM_LEASE"), 120.0, 1.0),
+        retry_base=_number("RETRY_BASE", env.get(PREFIX + "RETRY_BASE"), 2.0, 0.01),
+        retry_max=_number("RETRY_MAX", env.get(PREFIX + "RETRY_MAX"), 300.0, 0.1),
         instance=instance,
         workspace_network=env.get(PREFIX + "WORKSPACE_NETWORK") or "bridge",
         workspace_memory=memory,
@@ -231,8 +246,32 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"{PREFIX}WRITE_LEVEL: must not be below {PREFIX}READ_LEVEL"
         )
+    timers = {
+        name.lower(): _number(name, env.get(PREFIX + name), default, 60)
+        for name, default in (
+            ("IDLE_TIMEOUT", 8 * 3600),
+            ("MAX_LIFETIME", 7 * 86400),
+            ("MAX_EXTENDED_LIFETIME", 30 * 86400),
+            ("WARN_BEFORE", 3600),
+        )
+    }
+    if timers["max_extended_lifetime"] < timers["max_lifetime"]:
+        raise SettingsError(
+            f"{PREFIX}MAX_EXTENDED_LIFETIME: must not be below {PREFIX}MAX_LIFETIME"
+        )
+    permissions_text = env.get(PREFIX + "COMMAND_PERMISSIONS")
+    if permissions_text:
+        from bot.commands import parse_permissions
+
+        settings = settings.with_overrides(
+            command_permissions=parse_permissions(permissions_text)
+        )
+    prefix = env.get(PREFIX + "COMMAND_PREFIX") or "/workspace"
+    if not re.fullmatch(r"/[A-Za-z0-9_-]{1,32}", prefix):
+        raise SettingsError(f"{PREFIX}COMMAND_PREFIX: expected e.g. /workspace")
+    settings = settings.with_overrides(command_prefix=prefix, **timers)
     settings = settings.with_overrides(
-        oauth_client_id=env.get(PREFIX + "OAUTH_CLIENT_ID") or None,
+        oauth_client_id=_read(env, "OAUTH_CLIENT_ID") or None,
         oauth_client_secret=_read(env, "OAUTH_CLIENT_SECRET") or None,
         read_level=read_level,
         write_level=write_level,

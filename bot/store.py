@@ -89,6 +89,13 @@ class Workspace(Base):
     reason: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
     #: Incarnation: bumped when a fresh workspace must replace the old one.
     generation: orm.Mapped[int] = orm.mapped_column(default=1)
+    #: The MR's author, who may run some commands without the role they need.
+    author_id: orm.Mapped[int | None]
+    #: When the workspace stops if nobody uses it, and when it is destroyed.
+    stop_at: orm.Mapped[dt.datetime | None]
+    expires_at: orm.Mapped[dt.datetime | None]
+    #: Set by ``/workspace restart``; the reconciler restarts and clears it.
+    restart: orm.Mapped[bool] = orm.mapped_column(default=False)
     note_id: orm.Mapped[int | None]
     note_digest: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
     mr_updated_at: orm.Mapped[dt.datetime | None]
@@ -125,6 +132,74 @@ class Member(Base):
     locked: orm.Mapped[bool] = orm.mapped_column(default=False)
     first_joined_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow)
     last_joined_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow)
+    #: Refreshed while a terminal is open; a member counts as connected while
+    #: it is recent (a crashed web process cannot leave someone "connected").
+    last_seen_at: orm.Mapped[dt.datetime | None]
+    connected: orm.Mapped[int] = orm.mapped_column(default=0)
+
+
+class CommandNote(Base):
+    """An MR comment holding commands, queued until the reconciler runs them.
+
+    ``done`` counts the commands already carried out; a command's effect, its
+    answer and ``done`` are committed together, so a worker killed half-way
+    through a comment resumes at the next command instead of repeating one, and
+    answers are posted afterwards (each carrying a marker, so none twice).
+    """
+
+    __tablename__ = "command_notes"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    workspace_id: orm.Mapped[int] = orm.mapped_column(
+        sa.ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    note_id: orm.Mapped[int] = orm.mapped_column(sa.BigInteger, unique=True)
+    discussion_id: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    author_id: orm.Mapped[int]
+    author_username: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    body: orm.Mapped[str] = orm.mapped_column(sa.Text)
+    #: The MR head when the comment was written: what a fork approval approves.
+    head_sha: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    done: orm.Mapped[int] = orm.mapped_column(default=0)
+    #: JSON list of the answers decided so far; ``posted`` of them are on GitLab.
+    replies: orm.Mapped[str] = orm.mapped_column(sa.Text, default="[]")
+    posted: orm.Mapped[int] = orm.mapped_column(default=0)
+    acked: orm.Mapped[bool] = orm.mapped_column(default=False)
+    finished: orm.Mapped[bool] = orm.mapped_column(default=False, index=True)
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow)
+
+
+class Grant(Base):
+    """A role given by ``/workspace invite`` or taken by ``revoke`` ("none")."""
+
+    __tablename__ = "grants"
+    __table_args__ = (sa.UniqueConstraint("workspace_id", "gitlab_user_id"),)
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    workspace_id: orm.Mapped[int] = orm.mapped_column(
+        sa.ForeignKey("workspaces.id", ondelete="CASCADE")
+    )
+    gitlab_user_id: orm.Mapped[int]
+    username: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    role: orm.Mapped[str] = orm.mapped_column(sa.String(8))
+    granted_by: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    created_at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who did what to which workspace, and how it went."""
+
+    __tablename__ = "audit"
+
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True)
+    at: orm.Mapped[dt.datetime] = orm.mapped_column(default=utcnow, index=True)
+    project_id: orm.Mapped[int]
+    mr_iid: orm.Mapped[int]
+    actor: orm.Mapped[str] = orm.mapped_column(sa.String(255))
+    action: orm.Mapped[str] = orm.mapped_column(sa.String(64))
+    detail: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
+    #: ok | refused | failed
+    outcome: orm.Mapped[str] = orm.mapped_column(sa.String(16))
 
 
 class Store:
@@ -162,25 +237,44 @@ class Store:
                 session.rollback()
                 raise
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision (idempotent)."""
-        from alembic import command
+    def _alembic(self) -> Any:
         from alembic.config import Config
 
         cfg = Config()
-        location = resources.files("bot") / "migrations"
-        cfg.set_main_option("script_location", str(location))
-        cfg.attributes["connection_url"] = self.url
+        cfg.set_main_option(
+            "script_location", str(resources.files("bot") / "migrations")
+        )
+        return cfg
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (idempotent).
+
+        On PostgreSQL an advisory lock makes replicas that start together
+        migrate one after the other instead of racing.
+        """
+        from alembic import command
+
+        cfg = self._alembic()
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(72390417)"))
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 
     def ping(self) -> None:
+        """Raise :class:`TemporaryError` unless the store answers and its schema
+        is the one this code expects (``rwbot migrate`` has run)."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(self._alembic()).get_current_head()
         try:
             with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
+                current = MigrationContext.configure(conn).get_current_revision()
         except DBAPIError as err:
             raise TemporaryError("database unavailable") from err
+        if current != head:
+            raise TemporaryError(f"database schema is {current}, expected {head}")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -260,7 +354,10 @@ def release(
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]
         return True
-    # An event arrived during the pass: keep its due_at, save the rest.
+    # An event arrived during the pass: keep its due_at and what it decided,
+    # save the rest (what the runtime and the comment now are).
+    for owned in ("desired", "generation", "approved_sha"):
+        values.pop(owned, None)
     result = session.execute(
         sa.update(Workspace)
         .where(Workspace.id == ws.id, Workspace.claimed_by == worker)

@@ -24,6 +24,8 @@ import json
 import logging
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,7 +44,7 @@ from flask.typing import ResponseReturnValue
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from bot import accounts, auth, provision
+from bot import accounts, audit, auth, provision
 from bot.errors import BotError, PermanentError
 from bot.runtime.base import Terminal, WorkspaceKey
 
@@ -108,6 +110,9 @@ def join(project_id: int, mr_iid: int) -> ResponseReturnValue:
     try:
         joined = provision.join(settings, store, gitlab, runtime, person, key)
     except (provision.Refused, PermanentError) as err:
+        audit.record(
+            store, project_id, mr_iid, person.username, "join", "refused", err.reason
+        )
         return _refusal(err)
     ws = provision.workspace(store, key)
     return render_template(
@@ -176,9 +181,13 @@ def tty(ws: Any, project_id: int, mr_iid: int) -> None:
     log.info(
         "terminal opened", extra={"workspace": key.slug(), "user": person.username}
     )
+    provision.seen(settings, store, workspace, person.id, connected=+1)
     try:
-        _pump(ws, terminal)
+        _pump(
+            ws, terminal, lambda: provision.seen(settings, store, workspace, person.id)
+        )
     finally:
+        provision.seen(settings, store, workspace, person.id, connected=-1)
         terminal.close()
         try:
             runtime.exec(key, accounts.end_argv(session_id))
@@ -187,9 +196,14 @@ def tty(ws: Any, project_id: int, mr_iid: int) -> None:
         log.info("terminal closed", extra={"workspace": key.slug()})
 
 
-def _pump(ws: Any, terminal: Terminal) -> None:
+#: Seconds between "still connected" marks while a terminal is open.
+HEARTBEAT = 30.0
+
+
+def _pump(ws: Any, terminal: Terminal, heartbeat: Callable[[], None]) -> None:
     """Copy output to the socket in a thread; input and resizes in this one."""
     done = threading.Event()
+    last_beat = time.monotonic()
 
     def output() -> None:
         # Ends when the shell ends (EOF) or the browser went away.
@@ -213,6 +227,10 @@ def _pump(ws: Any, terminal: Terminal) -> None:
             message = ws.receive(timeout=0.5)
             if message is not None:
                 _handle(message, terminal)
+            if time.monotonic() - last_beat > HEARTBEAT:
+                last_beat = time.monotonic()
+                with contextlib.suppress(BotError):
+                    heartbeat()
     except (ConnectionClosed, OSError):
         pass  # the tab was closed
     finally:

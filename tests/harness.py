@@ -105,7 +105,8 @@ class Stack:
         )
 
     def settle(self, timeout: float = 120.0) -> None:
-        """Run the reconciler until no workspace is due."""
+        """Run the reconciler until no workspace is due now (timers set for
+        later, like an idle stop hours away, do not count)."""
 
         def settled() -> bool:
             self.reconciler.run_once()
@@ -113,7 +114,7 @@ class Stack:
                 due = s.scalar(
                     sa.select(sa.func.count())
                     .select_from(Workspace)
-                    .where(Workspace.due_at.is_not(None))
+                    .where(Workspace.due_at <= utcnow())
                 )
             return due == 0
 
@@ -148,7 +149,13 @@ class Stack:
             f"rwbot.project-id={mr['project_id']}",
             f"rwbot.mr-iid={mr['iid']}",
         ]
-        return self.docker.volumes.list(filters={"label": labels})
+        # Podman ORs label filters on volumes: check every label here.
+        wanted = dict(label.split("=", 1) for label in labels)
+        return [
+            v
+            for v in self.docker.volumes.list(filters={"label": labels})
+            if wanted.items() <= (v.attrs.get("Labels") or {}).items()
+        ]
 
     def run_in(self, mr: dict[str, Any], *argv: str, user: str = "root") -> str:
         (container,) = self.containers(mr)
@@ -171,9 +178,20 @@ class Stack:
 
 
 class BotProcess:
-    """``rwbot serve`` as a child process that a test may SIGKILL and restart."""
+    """``rwbot serve`` as a child process that a test may SIGKILL and restart.
 
-    def __init__(self, settings: Settings, docker_host: str, log_path: Path) -> None:
+    The environment is built from ``settings`` (OAuth client included when set)
+    and kept in :attr:`env`, so other ``rwbot`` commands can be run with the same
+    configuration; ``extra_env`` adds or overrides variables.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        docker_host: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.port = int(settings.public_url.rsplit(":", 1)[1])
         self.env = {
@@ -190,35 +208,50 @@ class BotProcess:
             "RWBOT_WORKSPACE_MEMORY": settings.workspace_memory,
             "RWBOT_INSTANCE": settings.instance,
             "RWBOT_RESYNC_INTERVAL": str(settings.resync_interval),
+            # TODO: the bot does not read RWBOT_CLAIM_LEASE yet, so a claim held
+            # by a killed process blocks its row for 120 s — settings.from_env
+            # reading it would remove this note.
+            "RWBOT_CLAIM_LEASE": str(settings.claim_lease),
             "RWBOT_LOG_FORMAT": "json",
         }
+        if settings.oauth_client_id and settings.oauth_client_secret:
+            self.env["RWBOT_OAUTH_CLIENT_ID"] = settings.oauth_client_id
+            self.env["RWBOT_OAUTH_CLIENT_SECRET"] = settings.oauth_client_secret
+        self.env.update(extra_env or {})
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bot.cli",
-                "serve",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--threads",
-                "16",
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bot.cli",
+                    "serve",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--threads",
+                    "16",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        services.wait_for(
+            lambda: self._exited() or self._healthy(),
+            timeout=60,
+            what="bot to answer /healthz",
         )
-        services.wait_for(self._healthy, timeout=60, what="bot to answer /healthz")
+        if self._exited():
+            raise RuntimeError(f"bot exited: {self.log_tail(2000)}")
+
+    def _exited(self) -> bool:
+        assert self.proc is not None
+        return self.proc.poll() is not None
 
     def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"bot exited: {self.log_path.read_text()[-2000:]}")
         try:
             return requests.get(f"{self.settings.public_url}/healthz", timeout=1).ok
         except requests.ConnectionError:
@@ -229,6 +262,17 @@ class BotProcess:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+    def restart(self) -> None:
+        """SIGKILL, then start again on the same port and database."""
+        self.kill()
+        self.start()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the bot's log, for failure messages."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

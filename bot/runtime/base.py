@@ -17,6 +17,8 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from bot.errors import PermanentError
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "review-workspace-bot"
 LABEL_INSTANCE = "rwbot.instance"
@@ -154,6 +156,13 @@ class Runtime(abc.ABC):
         self, key: WorkspaceKey, argv: Sequence[str], *, rows: int, cols: int
     ) -> Terminal:
         """Start ``argv`` on a TTY and hand back its two-way stream."""
+
+    def sync(self, key: WorkspaceKey, source: Source, checkout_dir: str) -> ExecResult:
+        """Bring ``source.sha`` into the checkout by fast-forward only, so local
+        changes are never touched; a non-zero exit code carries git's reason."""
+        # TODO: Kubernetes needs the commits copied in through exec's stdin;
+        # until then ``/workspace sync`` says it is not available there.
+        raise PermanentError("bringing in new commits is not available on this runtime")
 
     def ping(self) -> None:  # noqa: B027 - optional for runtimes with no daemon
         """Raise :class:`bot.errors.TemporaryError` if the runtime is unreachable."""

@@ -48,6 +48,7 @@ from bot.runtime.base import (
     Listed,
     Phase,
     Runtime,
+    Source,
     Spec,
     Status,
     Terminal,
@@ -314,6 +315,41 @@ class DockerRuntime(Runtime):
         code, output = container.exec_run(list(argv), user=user)
         return ExecResult(int(code), output or b"")
 
+    @_translated("bring new commits into the workspace")
+    def sync(self, key: WorkspaceKey, source: Source, checkout_dir: str) -> ExecResult:
+        container = self._container(key)
+        if container is None or container.status != "running":
+            raise PermanentError("the workspace is not running")
+        code, head = container.exec_run(
+            ["git", "-C", checkout_dir, "rev-parse", "HEAD"]
+        )
+        since = head.decode().strip() if code == 0 else source.sha
+        with tempfile.TemporaryDirectory(prefix="rwbot-sync-") as tmp:
+            path = Path(tmp) / "sync.bundle"
+            git.bundle(source.url, source.ref, source.sha, since, source.token, path)
+            # Under the tool's root-owned folder, not /tmp, where a user could
+            # have planted a link of the same name.
+            container.put_archive(TOOL_DIR, _tar_file("sync.bundle", path.read_bytes()))
+        # Fast-forward only: git refuses, and changes nothing, when local
+        # changes or local commits would be affected.
+        script = (
+            'umask 002; cd "$1" || exit 1; '
+            'git fetch -q "$2" "+refs/heads/mr-head:refs/remotes/origin/mr-head" '
+            '&& git merge --ff-only -q "$3"; rc=$?; rm -f "$2"; exit $rc'
+        )
+        code, output = container.exec_run(
+            [
+                "sh",
+                "-c",
+                script,
+                "sync",
+                checkout_dir,
+                f"{TOOL_DIR}/sync.bundle",
+                source.sha,
+            ]
+        )
+        return ExecResult(int(code), output or b"")
+
     @_translated("open a terminal")
     def open_terminal(
         self, key: WorkspaceKey, argv: Sequence[str], *, rows: int, cols: int
@@ -384,6 +420,16 @@ def _tar_dir(directory: Path, arcname: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(directory, arcname=arcname, filter=_as_root)
+    return buf.getvalue()
+
+
+def _tar_file(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 

@@ -26,6 +26,19 @@ def current_user(call: Call) -> Response:
     return jsonify(shapes.user_self(call.store, call.user))
 
 
+@route("GET", "users")
+def list_users(call: Call) -> Response:
+    """``GET /users?username=`` finds one user by name, case-insensitively
+    (docs.gitlab.com/api/users, "For non-administrator users")."""
+    wanted = str(call.params.get("username", "")).lower()
+    found = [
+        shapes.user_public(call.store, u)
+        for u in call.store.users.values()
+        if not wanted or u.username.lower() == wanted
+    ]
+    return paginate(call, found)
+
+
 @route("GET", "users/{user_id}")
 def get_user(call: Call) -> Response:
     return jsonify(shapes.user_public(call.store, _user(call)))

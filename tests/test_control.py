@@ -1,0 +1,392 @@
+"""``/workspace`` commands from MR comments, end to end on Podman.
+
+Cases: stop and start by a Developer, acknowledged with emoji and answered in
+the thread; a Guest's command refused with the reason; fork approval pinned to
+the approved commit (a later push is not run until approved again); commands in
+code blocks or quotes ignored; edited comments and the bot's own comments not
+run; an unknown command answered with help; a command on a merged MR answered,
+not run; rebuild asks for --confirm while someone is connected; destroy and
+start again; restart recovers a failed workspace; extend moves the deadlines;
+invite raises a Reporter to write and revoke locks them out; sync brings new
+commits without touching local changes and reports a conflict; an idle
+workspace stops and an expired one is destroyed; the audit log records it all.
+"""
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+
+from bot import audit
+from bot.runtime.base import WorkspaceKey
+from bot.store import Member, Workspace, utcnow
+from tests import harness
+from tests.gitlab_double import DEVELOPER, GUEST, MAINTAINER, REPORTER
+
+CHECKOUT = "/workspace/team/app"
+
+
+@pytest.fixture
+def stack(docker_host, tmp_path):
+    s = harness.Stack(docker_host, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def people(stack):
+    project = stack.gitlab.add_project("team/app", files={"README.md": "hello\n"})
+    users = {}
+    for name, level in (
+        ("mia", MAINTAINER),
+        ("dev", DEVELOPER),
+        ("rita", REPORTER),
+        ("gus", GUEST),
+    ):
+        users[name] = stack.gitlab.add_user(name)
+        stack.gitlab.set_member(project, users[name], level)
+    return project, users
+
+
+@pytest.fixture
+def running(stack, people):
+    project, users = people
+    mr = stack.gitlab.open_mr(
+        project, "feature", {"app.py": "v1\n"}, author=users["dev"]
+    )
+    stack.deliver(stack.gitlab.mr_hook(mr, "open"))
+    stack.settle()
+    return mr
+
+
+def command(stack, mr, user, body, action="create"):
+    note = stack.gitlab.add_note(mr, user, body)
+    assert stack.deliver(stack.gitlab.note_hook(note, action)).status_code == 200
+    stack.settle()
+    return note
+
+
+def replies(stack, mr, note):
+    return [
+        n["body"]
+        for n in stack.gitlab.notes(mr)
+        if n.get("discussion_id") == note["discussion_id"] and n["id"] != note["id"]
+    ]
+
+
+def emoji(stack, note):
+    return [e["name"] for e in stack.gitlab.award_emoji(note)]
+
+
+def state(stack, mr):
+    (container,) = stack.containers(mr)
+    container.reload()
+    return container.status
+
+
+def test_a_developer_stops_and_starts_the_workspace(stack, people, running):
+    _, users = people
+    note = command(stack, running, users["dev"], "/workspace stop")
+    assert state(stack, running) == "exited"
+    assert "stopped" in stack.comment(running)
+    assert emoji(stack, note) == ["eyes", "white_check_mark"]
+    assert "Stopping" in replies(stack, running, note)[0]
+
+    command(stack, running, users["dev"], "/workspace start")
+    assert state(stack, running) == "running"
+    assert "ready" in stack.comment(running)
+
+
+def test_a_guests_command_is_refused_with_the_reason(stack, people, running):
+    _, users = people
+    note = command(stack, running, users["gus"], "/workspace stop")
+    assert state(stack, running) == "running"
+    assert emoji(stack, note) == ["eyes", "x"]
+    (answer,) = replies(stack, running, note)
+    assert "Developer" in answer and "Guest" in answer
+
+
+def test_commands_in_code_or_quotes_and_edited_or_bot_comments_are_not_run(
+    stack, people, running
+):
+    _, users = people
+    body = "```\n/workspace stop\n```\n> /workspace stop\n    /workspace stop"
+    note = command(stack, running, users["dev"], body)
+    assert emoji(stack, note) == []
+    edited = stack.gitlab.add_note(running, users["dev"], "/workspace stop")
+    stack.deliver(stack.gitlab.note_hook(edited, "update"))
+    bot_note = stack.gitlab.add_note(running, stack.gitlab.bot_user, "/workspace stop")
+    stack.deliver(stack.gitlab.note_hook(bot_note))
+    stack.settle()
+    assert state(stack, running) == "running"
+    assert emoji(stack, edited) == [] and emoji(stack, bot_note) == []
+
+
+def test_an_unknown_command_is_answered_with_help(stack, people, running):
+    _, users = people
+    note = command(stack, running, users["rita"], "/workspace frobnicate")
+    (answer,) = replies(stack, running, note)
+    assert "frobnicate" in answer and "/workspace stop" in answer
+
+
+def test_a_command_on_a_merged_merge_request_is_answered_not_run(
+    stack, people, running
+):
+    _, users = people
+    stack.gitlab.merge(running)
+    stack.deliver(stack.gitlab.mr_hook(running, "merge"))
+    stack.settle()
+    note = command(stack, running, users["dev"], "/workspace start")
+    assert stack.containers(running) == []
+    assert "merged" in replies(stack, running, note)[0]
+
+
+def test_fork_approval_runs_only_the_approved_commit(stack, people):
+    project, users = people
+    fork = stack.gitlab.add_project("outsider/app", files={"README.md": "hello\n"})
+    mr = stack.gitlab.open_mr(
+        project, "feature", {"app.py": "v1\n"}, author=users["gus"], source_project=fork
+    )
+    stack.deliver(stack.gitlab.mr_hook(mr, "open"))
+    stack.settle()
+    assert stack.containers(mr) == []
+
+    refused = command(stack, mr, users["rita"], "/workspace start")
+    assert stack.containers(mr) == [] and emoji(stack, refused)[-1] == "x"
+    approved_sha = stack.gitlab.mr(mr)["sha"]
+    command(stack, mr, users["dev"], "/workspace start")
+    assert (
+        stack.run_in(mr, "git", "-C", CHECKOUT, "rev-parse", "HEAD").strip()
+        == approved_sha
+    )
+
+    stack.gitlab.push(mr, {"app.py": "evil\n"})
+    stack.deliver(stack.gitlab.mr_hook(mr, "update"))
+    stack.settle()
+    assert stack.run_in(mr, "cat", f"{CHECKOUT}/app.py") == "v1\n"
+    assert "Behind" in stack.comment(mr)
+    sync = command(stack, mr, users["dev"], "/workspace sync")
+    assert "approval" in replies(stack, mr, sync)[0]
+    assert stack.run_in(mr, "cat", f"{CHECKOUT}/app.py") == "v1\n"
+
+    command(stack, mr, users["mia"], "/workspace start")
+    assert stack.run_in(mr, "cat", f"{CHECKOUT}/app.py") == "evil\n"
+
+
+def test_rebuild_asks_for_confirmation_while_someone_is_connected(
+    stack, people, running
+):
+    _, users = people
+    stack.run_in(running, "touch", f"{CHECKOUT}/local-change")
+    ws = stack.row(running)
+    with stack.store.session() as s:
+        s.add(
+            Member(
+                workspace_id=ws.id,
+                gitlab_user_id=users["rita"]["id"],
+                username="rita",
+                linux_name="rita",
+                role="read",
+                generation=ws.generation,
+                connected=1,
+                last_seen_at=utcnow(),
+            )
+        )
+    note = command(stack, running, users["mia"], "/workspace rebuild")
+    assert "--confirm" in replies(stack, running, note)[0]
+    assert "local-change" in stack.run_in(running, "ls", CHECKOUT)
+
+    command(stack, running, users["mia"], "/workspace rebuild --confirm")
+    assert "local-change" not in stack.run_in(running, "ls", CHECKOUT)
+
+
+def test_destroy_then_start_gives_a_fresh_workspace(stack, people, running):
+    _, users = people
+    command(stack, running, users["dev"], "/workspace destroy")  # the MR's author
+    assert stack.containers(running) == [] and stack.volumes(running) == []
+    command(stack, running, users["dev"], "/workspace start")
+    (container,) = stack.containers(running)
+    assert container.labels["rwbot.generation"] == "2"
+
+
+def test_restart_recovers_a_workspace_whose_container_died(stack, people, running):
+    _, users = people
+    (container,) = stack.containers(running)
+    container.kill()
+    stack.make_due()
+    stack.settle()
+    assert "failed" in stack.comment(running)
+    assert "stopped unexpectedly" in stack.comment(running)
+
+    command(stack, running, users["dev"], "/workspace restart")
+    assert state(stack, running) == "running"
+    assert "ready" in stack.comment(running)
+
+
+def test_extend_moves_the_idle_stop_and_expiry(stack, people, running):
+    _, users = people
+    before = stack.row(running)
+    note = command(stack, running, users["dev"], "/workspace extend 2h")
+    after = stack.row(running)
+    assert after.expires_at - before.expires_at == dt.timedelta(hours=2)
+    assert after.stop_at > before.stop_at
+    assert "expiry moved" in replies(stack, running, note)[0]
+
+
+def test_invite_gives_a_reporter_write_and_revoke_locks_them_out(
+    stack, people, running
+):
+    _, users = people
+    refused = command(stack, running, users["rita"], "/workspace invite @rita write")
+    assert emoji(stack, refused)[-1] == "x"  # a Reporter may not invite
+    command(stack, running, users["mia"], "/workspace invite @rita write")
+    ws = stack.row(running)
+    from bot import provision
+    from bot.provision import Person
+
+    joined = provision.join(
+        stack.settings,
+        stack.store,
+        stack.client,
+        stack.runtime,
+        Person(users["rita"]["id"], "rita", "Rita", ""),
+        WorkspaceKey(ws.project_id, ws.mr_iid),
+    )
+    assert joined.role.value == "write"
+
+    command(stack, running, users["mia"], "/workspace revoke @rita")
+    assert "locked" in stack.run_in(running, "/opt/rwbot/rwctl", "users")
+    with pytest.raises(provision.Refused):
+        provision.join(
+            stack.settings,
+            stack.store,
+            stack.client,
+            stack.runtime,
+            Person(users["rita"]["id"], "rita", "Rita", ""),
+            WorkspaceKey(ws.project_id, ws.mr_iid),
+        )
+
+
+def test_invite_of_a_non_member_is_refused(stack, people, running):
+    _, users = people
+    stack.gitlab.add_user("outsider")
+    note = command(stack, running, users["mia"], "/workspace invite @outsider")
+    assert "not a member" in replies(stack, running, note)[0]
+
+
+def test_sync_brings_new_commits_and_keeps_local_changes(stack, people, running):
+    _, users = people
+    stack.run_in(running, "sh", "-c", f"echo mine > {CHECKOUT}/notes.txt")
+    new = stack.gitlab.push(running, {"lib.py": "v2\n"})
+    stack.deliver(stack.gitlab.mr_hook(running, "update"))
+    stack.settle()
+
+    command(stack, running, users["dev"], "/workspace sync")
+    assert stack.run_in(running, "cat", f"{CHECKOUT}/lib.py") == "v2\n"
+    assert stack.run_in(running, "cat", f"{CHECKOUT}/notes.txt") == "mine\n"
+    assert new[:8] in stack.comment(running) and "Behind" not in stack.comment(running)
+
+    stack.run_in(running, "sh", "-c", f"echo local > {CHECKOUT}/lib.py")
+    stack.gitlab.push(running, {"lib.py": "v3\n"})
+    stack.deliver(stack.gitlab.mr_hook(running, "update"))
+    stack.settle()
+    note = command(stack, running, users["dev"], "/workspace sync")
+    assert "local changes" in replies(stack, running, note)[0]
+    assert stack.run_in(running, "cat", f"{CHECKOUT}/lib.py") == "local\n"
+
+
+def test_an_idle_workspace_stops_and_an_expired_one_is_destroyed(
+    stack, people, running
+):
+    with stack.store.session() as s:
+        s.execute(
+            sa.update(Workspace).values(
+                stop_at=utcnow() - dt.timedelta(seconds=1), due_at=utcnow()
+            )
+        )
+    stack.settle()
+    assert state(stack, running) == "exited"
+    assert "nobody used it" in stack.comment(running)
+
+    _, users = people
+    command(stack, running, users["dev"], "/workspace start")
+    with stack.store.session() as s:
+        s.execute(
+            sa.update(Workspace).values(
+                expires_at=utcnow() - dt.timedelta(seconds=1), due_at=utcnow()
+            )
+        )
+    stack.settle()
+    assert stack.containers(running) == []
+    assert "maximum lifetime" in stack.comment(running)
+
+
+def test_the_comment_warns_before_the_idle_stop(stack, people, running):
+    with stack.store.session() as s:
+        s.execute(
+            sa.update(Workspace).values(
+                stop_at=utcnow() + dt.timedelta(minutes=10), due_at=utcnow()
+            )
+        )
+    stack.settle()
+    assert "soon" in stack.comment(running)
+
+
+def test_the_audit_log_records_commands(stack, people, running):
+    _, users = people
+    command(stack, running, users["dev"], "/workspace stop")
+    command(stack, running, users["gus"], "/workspace start")
+    entries = audit.latest(stack.store, running["project_id"], running["iid"])
+    assert [(e.actor, e.action, e.outcome) for e in entries[:2]] == [
+        ("gus", "command start", "refused"),
+        ("dev", "command stop", "ok"),
+    ]
+
+
+def test_a_member_who_lost_access_is_locked_by_the_sweep(stack, people, running):
+    project, users = people
+    from bot import provision
+    from bot.provision import Person
+
+    ws = stack.row(running)
+    key = WorkspaceKey(ws.project_id, ws.mr_iid)
+    provision.join(
+        stack.settings,
+        stack.store,
+        stack.client,
+        stack.runtime,
+        Person(users["rita"]["id"], "rita", "Rita", ""),
+        key,
+    )
+    stack.gitlab.remove_member(project, users["rita"])
+
+    stack.reconciler.resync()
+
+    assert "\tlocked" in stack.run_in(running, "/opt/rwbot/rwctl", "users")
+    actions = [e.action for e in audit.latest(stack.store, ws.project_id, ws.mr_iid)]
+    assert "access lost" in actions and "join" in actions
+
+
+def test_rwbot_audit_prints_the_log(stack, people, running):
+    import os
+    import subprocess
+    import sys
+
+    _, users = people
+    command(stack, running, users["dev"], "/workspace stop")
+    env = {
+        **os.environ,
+        "RWBOT_GITLAB_URL": stack.settings.gitlab_url,
+        "RWBOT_GITLAB_TOKEN": "unused",
+        "RWBOT_WEBHOOK_SECRET": "unused",
+        "RWBOT_PUBLIC_URL": stack.settings.public_url,
+        "RWBOT_DATABASE_URL": stack.settings.database_url,
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "audit", "--mr", str(running["iid"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "dev command stop ok /workspace stop" in out
