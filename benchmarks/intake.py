@@ -1,6 +1,6 @@
 """Webhook intake: the bot's ``POST /webhooks/gitlab`` against a bare Flask app.
 
-Both apps run under gunicorn with the same settings (2 gthread workers of 8
+Both apps run under gunicorn with the same settings (1 gthread worker of 8
 threads) on loopback; the bot stores each delivery in a fresh, migrated SQLite
 file. Two figures, each for the bot and the bare app:
 
@@ -192,7 +192,7 @@ def _serve(
         "--threads",
         "8",
         "--workers",
-        "2",
+        "1",
         "--log-level",
         "warning",
         f"benchmarks._apps:{factory}",

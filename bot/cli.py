@@ -150,7 +150,10 @@ def serve_forever(settings: Settings, bind: str, threads: int) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", threads)
             self.cfg.set("post_worker_init", start_reconciler)
-            self.cfg.set("worker_exit", lambda *_: stop.set())
+            self.cfg.set("worker_exit", lambda _arbiter, _worker: stop.set())
+            # gunicorn's control socket sits at one path per user: two bots
+            # (or a bot and tests) on a host would share it.
+            self.cfg.set("control_socket_disable", True)
             self.cfg.set("accesslog", None)
 
         def load(self) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from bot import commands, hooks, lifecycle
@@ -43,20 +44,39 @@ def _record(
     store: Store, settings: Settings, key: str, event: hooks.Event, event_name: str
 ) -> str:
     with store.session() as session:
-        if session.scalar(sa.select(Delivery.id).where(Delivery.key == key)):
-            return "duplicate"
         outcome, project_id, mr_iid = _apply(session, settings, event)
-        session.add(
-            Delivery(
-                key=key,
-                event=event_name[:64],
-                received_at=utcnow(),
-                project_id=project_id,
-                mr_iid=mr_iid,
-                outcome=outcome,
-            )
+        # Inserted last, and only if the key is new: a redelivery rolls back
+        # whatever _apply did, in the same round trip that detects it.
+        dialect = session.get_bind().dialect.name
+        result = session.execute(
+            _INSERT_DELIVERY[dialect],
+            {
+                "key": key,
+                "event": event_name[:64],
+                "received_at": utcnow(),
+                "project_id": project_id,
+                "mr_iid": mr_iid,
+                "outcome": outcome,
+            },
         )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            session.rollback()
+            return "duplicate"
     return outcome
+
+
+# Statements are built once: building them per request cost more than running
+# them (benchmarks/intake.py).
+_INSERT_DELIVERY = {
+    name: dialect.insert(Delivery.__table__).on_conflict_do_nothing(
+        index_elements=["key"]
+    )
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+_ROW = sa.select(Workspace).where(
+    Workspace.project_id == sa.bindparam("project_id"),
+    Workspace.mr_iid == sa.bindparam("mr_iid"),
+)
 
 
 def _apply(
@@ -79,9 +99,7 @@ def _apply(
 
 def _row(session: sa.orm.Session, project_id: int, mr_iid: int) -> Workspace | None:
     return session.scalars(
-        sa.select(Workspace).where(
-            Workspace.project_id == project_id, Workspace.mr_iid == mr_iid
-        )
+        _ROW, {"project_id": project_id, "mr_iid": mr_iid}
     ).one_or_none()
 
 

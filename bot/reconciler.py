@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import random
 import socket
@@ -74,7 +75,9 @@ class Reconciler:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.control = control.Control(settings, store, gitlab, runtime)
         self.next_check: dt.datetime | None = None
-        self._last_resync = 0.0
+        # A process that just started resyncs at once: whatever happened while
+        # it was down is repaired without waiting a whole interval.
+        self._last_resync = -math.inf
 
     # -- driving --------------------------------------------------------------
 

@@ -17,8 +17,10 @@ below are what the migrations build.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -211,8 +213,14 @@ class Store:
         if url.startswith("sqlite"):
             kwargs = {"connect_args": {"timeout": 30, "check_same_thread": False}}
         self.engine = sa.create_engine(url, **kwargs)
+        # SQLite allows one writer at a time and makes the others sleep and
+        # poll, which turns a busy moment into long stalls. Threads of one
+        # process take turns on this lock instead. (Several processes on one
+        # SQLite file still poll: installs with several replicas use PostgreSQL.)
+        self._turn: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._turn = threading.RLock()
         self._sessions = orm.sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -222,7 +230,7 @@ class Store:
         Lost connections (PostgreSQL restarted) become :class:`TemporaryError`,
         so callers retry instead of crashing.
         """
-        with self._sessions() as session:
+        with self._turn, self._sessions() as session:
             try:
                 yield session
                 session.commit()

@@ -208,10 +208,10 @@ class BotProcess:
             "RWBOT_WORKSPACE_MEMORY": settings.workspace_memory,
             "RWBOT_INSTANCE": settings.instance,
             "RWBOT_RESYNC_INTERVAL": str(settings.resync_interval),
-            # TODO: the bot does not read RWBOT_CLAIM_LEASE yet, so a claim held
-            # by a killed process blocks its row for 120 s — settings.from_env
-            # reading it would remove this note.
+            # A claim held by a killed process blocks its row for this long.
             "RWBOT_CLAIM_LEASE": str(settings.claim_lease),
+            "RWBOT_RETRY_BASE": str(settings.retry_base),
+            "RWBOT_RETRY_MAX": str(settings.retry_max),
             "RWBOT_LOG_FORMAT": "json",
         }
         if settings.oauth_client_id and settings.oauth_client_secret:
