@@ -316,7 +316,13 @@ class Reconciler:
     # -- resync ---------------------------------------------------------------
 
     def resync(self) -> None:
-        """Correct what missed webhooks and lost stores left wrong."""
+        """Correct what missed webhooks and lost stores left wrong.
+
+        One listing of open MRs per project covers every tracked MR that is
+        still open (100 a page), so the cost grows with the number of
+        projects and pages, not with one request per MR; only tracked MRs
+        missing from the listing (merged, closed, deleted) are read one by one.
+        """
         self._last_resync = time.monotonic()
         started = time.perf_counter()
         with self.store.session() as session:
@@ -331,10 +337,19 @@ class Reconciler:
             project_ids = set(
                 session.scalars(sa.select(Workspace.project_id).distinct())
             )
-        for ws in tracked:
-            self._resync_one(ws)
+        seen: set[tuple[int, int]] = set()
+        listed_projects: set[int] = set()
         for project in {*self.settings.projects, *map(str, project_ids)}:
-            self._resync_project(project)
+            listed = self._resync_project(project)
+            if listed is not None:
+                project_id, iids = listed
+                listed_projects.add(project_id)
+                seen.update((project_id, iid) for iid in iids)
+        for ws in tracked:
+            if (ws.project_id, ws.mr_iid) not in seen or (
+                ws.project_id not in listed_projects
+            ):
+                self._resync_one(ws)
         self._remove_orphans()
         self._sweep_access()
         with self.store.session() as session:
@@ -354,9 +369,10 @@ class Reconciler:
         except NotFound:
             # A deleted MR sends no webhook; treat it like a closed one.
             facts = _gone(ws)
-        self._observe(facts)
+        self._observe([facts])
 
-    def _resync_project(self, project_ref: str) -> None:
+    def _resync_project(self, project_ref: str) -> tuple[int, list[int]] | None:
+        """Fold the project's open MRs in; return its id and their iids."""
         try:
             project = self.gitlab.project(
                 int(project_ref) if project_ref.isdigit() else project_ref
@@ -367,30 +383,37 @@ class Reconciler:
                 "project not resynced",
                 extra={"project": project_ref, "error": err.reason},
             )
-            return
-        for facts in open_mrs:
-            self._observe(facts)
+            return None
+        self._observe(open_mrs)
+        return project.id, [facts.mr_iid for facts in open_mrs]
 
-    def _observe(self, facts: lifecycle.MergeRequestFacts) -> None:
+    def _observe(self, many: list[lifecycle.MergeRequestFacts]) -> None:
+        if not many:
+            return
         with self.store.session() as session:
-            ws = session.scalars(
-                sa.select(Workspace).where(
-                    Workspace.project_id == facts.project_id,
-                    Workspace.mr_iid == facts.mr_iid,
+            rows = {
+                (ws.project_id, ws.mr_iid): ws
+                for ws in session.scalars(
+                    sa.select(Workspace).where(
+                        Workspace.project_id.in_({f.project_id for f in many}),
+                        Workspace.mr_iid.in_({f.mr_iid for f in many}),
+                    )
                 )
-            ).one_or_none()
-            if ws is None:
-                if facts.state == "opened":
-                    session.add(lifecycle.new_workspace(facts))
+            }
+            for facts in many:
+                ws = rows.get((facts.project_id, facts.mr_iid))
+                if ws is None:
+                    if facts.state == "opened":
+                        session.add(lifecycle.new_workspace(facts))
+                        log.info(
+                            "resync found an untracked merge request",
+                            extra={"project": facts.project_id, "mr": facts.mr_iid},
+                        )
+                elif lifecycle.observe(ws, facts):
                     log.info(
-                        "resync found an untracked merge request",
+                        "resync corrected a merge request",
                         extra={"project": facts.project_id, "mr": facts.mr_iid},
                     )
-            elif lifecycle.observe(ws, facts):
-                log.info(
-                    "resync corrected a merge request",
-                    extra={"project": facts.project_id, "mr": facts.mr_iid},
-                )
 
     def _sweep_access(self) -> None:
         """Lock out members who lost access since they joined (removed from the
