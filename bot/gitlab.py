@@ -260,6 +260,56 @@ class Client:
 
         return self._call(f"look up user {username}", call)
 
+    def ensure_environment(self, project_id: int, name: str, url: str) -> int:
+        """The environment called ``name`` with ``url`` as its external URL,
+        created (or made available again) if needed; returns its id."""
+
+        def call() -> int:
+            p = self._gl.projects.get(project_id, lazy=True)
+            for env in p.environments.list(name=name, iterator=True, **self._fast):
+                if env.name == name:
+                    if getattr(env, "external_url", None) != url:
+                        p.environments.update(
+                            env.id, {"external_url": url}, **self._fast
+                        )
+                    return int(env.id)
+            env = p.environments.create(
+                {"name": name, "external_url": url, "tier": "development"}, **self._fast
+            )
+            return int(env.id)
+
+        return self._call(f"manage environment {name}", call)
+
+    def deploy(self, project_id: int, environment: str, sha: str, ref: str) -> None:
+        """Record a successful deployment of ``sha``: the MR widget then offers
+        "View app" while ``sha`` is the MR's head."""
+
+        def call() -> None:
+            p = self._gl.projects.get(project_id, lazy=True)
+            p.deployments.create(
+                {
+                    "environment": environment,
+                    "sha": sha,
+                    "ref": ref,
+                    "tag": False,
+                    "status": "success",
+                },
+                **self._fast,
+            )
+
+        self._call(f"record a deployment to {environment}", call)
+
+    def stop_environment(self, project_id: int, environment_id: int) -> None:
+        def call() -> None:
+            p = self._gl.projects.get(project_id, lazy=True)
+            try:
+                p.environments.get(environment_id, lazy=True).stop(**self._fast)
+            except gitlab.exceptions.GitlabStopError as err:
+                if err.response_code != 404:
+                    raise
+
+        self._call(f"stop environment {environment_id}", call)
+
     def membership(self, project_id: int, user_id: int) -> Membership | None:
         """The user's effective access to the project; None if not a member.
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from prometheus_client import Histogram
 
 from bot import audit, comments, control, lifecycle, provision
-from bot.errors import PermanentError, TemporaryError
+from bot.errors import BotError, PermanentError, TemporaryError
 from bot.gitlab import Client, NotFound, Project
 from bot.lifecycle import Action, Desired, Phase
 from bot.runtime.base import Phase as RuntimePhase
@@ -145,6 +145,20 @@ class Reconciler:
             log.info(
                 "workspace failed",
                 extra={"workspace": key.slug(), "reason": err.reason},
+            )
+        for name, value in changes.items():
+            setattr(ws, name, value)
+
+        try:
+            if retry is None:
+                changes.update(self._update_environment(ws))
+        except TemporaryError as err:
+            retry = err
+        except BotError as err:
+            # The widget link is a convenience: the workspace works without it.
+            log.warning(
+                "environment not updated",
+                extra={"workspace": key.slug(), "error": str(err)},
             )
         for name, value in changes.items():
             setattr(ws, name, value)
@@ -281,6 +295,31 @@ class Reconciler:
             network=s.workspace_network,
             checkout_root=s.workspace_root,
         )
+
+    def _update_environment(self, ws: Workspace) -> dict[str, object]:
+        """Keep the MR widget's "View app" pointing at the join page.
+
+        A deployment is recorded for every commit the workspace comes to run
+        (start, sync, rebuild); the environment is stopped when the workspace
+        is removed, which takes the link off the widget.
+        """
+        name = self.settings.environment_name.format(iid=ws.mr_iid)
+        if not name:
+            return {}
+        if (
+            ws.phase == Phase.READY
+            and ws.running_sha
+            and ws.running_sha != ws.deployed_sha
+        ):
+            url = comments.join_url(self.settings.public_url, ws.project_id, ws.mr_iid)
+            environment_id = self.gitlab.ensure_environment(ws.project_id, name, url)
+            ref = ws.source_branch or f"refs/merge-requests/{ws.mr_iid}/head"
+            self.gitlab.deploy(ws.project_id, name, ws.running_sha, ref)
+            return {"environment_id": environment_id, "deployed_sha": ws.running_sha}
+        if ws.phase == Phase.REMOVED and ws.environment_id is not None:
+            self.gitlab.stop_environment(ws.project_id, ws.environment_id)
+            return {"environment_id": None, "deployed_sha": None}
+        return {}
 
     def _update_comment(self, ws: Workspace) -> dict[str, object]:
         joined = tuple(

@@ -88,6 +88,9 @@ class Settings:
     #: Lowest GitLab access level that may join read-only, and read-write.
     read_level: int = REPORTER
     write_level: int = DEVELOPER
+    #: Name of each workspace's GitLab environment; ``{iid}`` is the MR's iid.
+    #: Empty: no environments (the MR widget shows no "View app").
+    environment_name: str = "review-workspace/mr-{iid}"
     #: Prefix of comment commands.
     command_prefix: str = "/workspace"
     #: Lowest access level per command verb; see ``bot.commands``.
@@ -266,6 +269,16 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         settings = settings.with_overrides(
             command_permissions=parse_permissions(permissions_text)
         )
+    environment = env.get(PREFIX + "ENVIRONMENT_NAME", "review-workspace/mr-{iid}")
+    # GitLab: letters, digits, spaces and - _ / $ { } . ; not starting or ending
+    # with "/" (docs.gitlab.com/ci/environments, "environment name").
+    if (
+        (environment
+        and not re.fullmatch(r"[A-Za-z0-9 _./${}-]{1,200}", environment))
+        or (environment.startswith("/") or environment.endswith("/"))
+    ):
+        raise SettingsError(f"{PREFIX}ENVIRONMENT_NAME: not a valid environment name")
+    settings = settings.with_overrides(environment_name=environment)
     prefix = env.get(PREFIX + "COMMAND_PREFIX") or "/workspace"
     if not re.fullmatch(r"/[A-Za-z0-9_-]{1,32}", prefix):
         raise SettingsError(f"{PREFIX}COMMAND_PREFIX: expected e.g. /workspace")

@@ -96,6 +96,10 @@ class Workspace(Base):
     #: When the workspace stops if nobody uses it, and when it is destroyed.
     stop_at: orm.Mapped[dt.datetime | None]
     expires_at: orm.Mapped[dt.datetime | None]
+    #: The GitLab environment whose URL is the join page, and the commit of its
+    #: latest deployment (what the MR widget's "View app" follows).
+    environment_id: orm.Mapped[int | None]
+    deployed_sha: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
     #: Set by ``/workspace restart``; the reconciler restarts and clears it.
     restart: orm.Mapped[bool] = orm.mapped_column(default=False)
     note_id: orm.Mapped[int | None]

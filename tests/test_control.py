@@ -285,6 +285,8 @@ def test_sync_brings_new_commits_and_keeps_local_changes(stack, people, running)
     assert stack.run_in(running, "cat", f"{CHECKOUT}/lib.py") == "v2\n"
     assert stack.run_in(running, "cat", f"{CHECKOUT}/notes.txt") == "mine\n"
     assert new[:8] in stack.comment(running) and "Behind" not in stack.comment(running)
+    deployed = [c.json["sha"] for c in stack.gitlab.calls("POST", r"/deployments$")]
+    assert deployed[-1] == new  # the MR widget follows the synced commit
 
     stack.run_in(running, "sh", "-c", f"echo local > {CHECKOUT}/lib.py")
     stack.gitlab.push(running, {"lib.py": "v3\n"})

@@ -189,3 +189,31 @@ def test_an_orphaned_container_is_removed_by_the_resync(stack, project):
 
     assert stack.containers(mr) == []
     assert stack.volumes(mr) == []
+
+
+def test_the_merge_request_widget_links_to_the_join_page(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    (env,) = stack.gitlab.environments(project)
+    assert env["name"] == f"review-workspace/mr-{mr['iid']}"
+    assert env["external_url"] == f"{stack.url}/w/{project['id']}/{mr['iid']}"
+    assert env["state"] == "available"
+    first = stack.gitlab.mr(mr)["sha"]
+    deployed = [
+        c.json["sha"]
+        for c in stack.gitlab.calls("POST", r"/deployments$")
+        if c.status < 300
+    ]
+    assert deployed == [first]
+
+    stack.gitlab.push(mr, {"app.py": "print('v2')\n"})
+    stack.deliver(stack.gitlab.mr_hook(mr, "update"))
+    stack.settle()
+    # The workspace still runs the first commit: no deployment for the second.
+    assert len(stack.gitlab.calls("POST", r"/deployments$")) == 1
+
+    stack.gitlab.merge(mr)
+    stack.deliver(stack.gitlab.mr_hook(mr, "merge"))
+    stack.settle()
+    (env,) = stack.gitlab.environments(project)
+    assert env["state"] == "stopped"
