@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: both benchmarks with short settings, one after the other.
+"""``python -m benchmarks``: every benchmark with short settings, one after another.
 
 For figures worth comparing use each benchmark's own defaults; see README.md.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import intake, reconcile
+from benchmarks import echo, intake, join, reconcile
 
 
 def main() -> int:
@@ -15,6 +15,10 @@ def main() -> int:
     status = intake.main(["--duration", "4", "--repeat", "2"])
     print("\n== reconcile pass (short run) ==", flush=True)
     status = status or reconcile.main(["--sizes", "100,1000", "--repeat", "2"])
+    print("\n== join (short run) ==", flush=True)
+    status = status or join.main(["--repeat", "5"])
+    print("\n== keystroke echo (short run) ==", flush=True)
+    status = status or echo.main(["--keys", "100"])
 
     return status
 

@@ -67,6 +67,18 @@ class Hook:
     created: bool
 
 
+@dataclass(frozen=True)
+class RegisteredHook:
+    """A project webhook as GitLab reports it (secrets are never shown)."""
+
+    id: int
+    url: str
+    #: The ``HOOK_EVENTS`` flags as GitLab has them.
+    flags: dict[str, bool]
+    #: ``executable``, or why GitLab stopped delivering (``temporarily_disabled``).
+    alert_status: str
+
+
 HOOK_EVENTS = {
     "merge_requests_events": True,
     "note_events": True,
@@ -141,7 +153,8 @@ class Client:
         return self._call("read its own user", call)
 
     def ping(self) -> None:
-        self._call("answer /version", lambda: self._gl.version())
+        # Not python-gitlab's version(): it hides errors behind "unknown".
+        self._call("answer /user", lambda: self._gl.http_get("/user", **self._fast))
 
     def project(self, project: int | str) -> Project:
         def call() -> Project:
@@ -364,6 +377,34 @@ class Client:
             return Hook(int(hook.id), created=True)
 
         return self._call(f"manage webhooks of {project.path}", call)
+
+    def hooks(self, project: Project) -> list[RegisteredHook]:
+        """The project's webhooks; reading them needs Maintainer, like managing."""
+
+        def call() -> list[RegisteredHook]:
+            p = self._gl.projects.get(project.id, lazy=True)
+            return [
+                RegisteredHook(
+                    int(h.id),
+                    str(h.url),
+                    {k: bool(getattr(h, k, False)) for k in HOOK_EVENTS},
+                    str(getattr(h, "alert_status", None) or "executable"),
+                )
+                for h in p.hooks.list(iterator=True, **self._fast)
+            ]
+
+        return self._call(f"read webhooks of {project.path}", call)
+
+    def token_scopes(self) -> list[str]:
+        """The scopes of the bot's token (docs.gitlab.com/api/personal_access_tokens,
+        "Using a request header"); answers for project and group tokens too."""
+
+        def call() -> list[str]:
+            info = self._gl.http_get("/personal_access_tokens/self", **self._fast)
+            scopes = info.get("scopes", []) if isinstance(info, dict) else []
+            return [str(scope) for scope in scopes]
+
+        return self._call("read its own token", call)
 
     def _mr(self, project_id: int, iid: int) -> Any:
         return self._gl.projects.get(project_id, lazy=True).mergerequests.get(

@@ -59,7 +59,7 @@ def _record(
                 "outcome": outcome,
             },
         )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if result.first() is None:
             session.rollback()
             return "duplicate"
     return outcome
@@ -68,9 +68,10 @@ def _record(
 # Statements are built once: building them per request cost more than running
 # them (benchmarks/intake.py).
 _INSERT_DELIVERY = {
-    name: dialect.insert(Delivery.__table__).on_conflict_do_nothing(
-        index_elements=["key"]
-    )
+    # RETURNING tells whether a row went in: rowcount is -1 on PostgreSQL here.
+    name: dialect.insert(Delivery.__table__)
+    .on_conflict_do_nothing(index_elements=["key"])
+    .returning(Delivery.__table__.c.id)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 _ROW = sa.select(Workspace).where(

@@ -273,10 +273,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     # GitLab: letters, digits, spaces and - _ / $ { } . ; not starting or ending
     # with "/" (docs.gitlab.com/ci/environments, "environment name").
     if (
-        (environment
-        and not re.fullmatch(r"[A-Za-z0-9 _./${}-]{1,200}", environment))
-        or (environment.startswith("/") or environment.endswith("/"))
-    ):
+        environment and not re.fullmatch(r"[A-Za-z0-9 _./${}-]{1,200}", environment)
+    ) or (environment.startswith("/") or environment.endswith("/")):
         raise SettingsError(f"{PREFIX}ENVIRONMENT_NAME: not a valid environment name")
     settings = settings.with_overrides(environment_name=environment)
     prefix = env.get(PREFIX + "COMMAND_PREFIX") or "/workspace"

@@ -65,10 +65,11 @@ class Stack:
         client_id, client_secret = self.gitlab.register_oauth_app(
             f"{self.url}/auth/callback"
         )
+        database_url = extra.pop("database_url", f"sqlite:///{tmp_path}/bot.db")
         self.settings = bot_settings(
             self.gitlab,
             self.url,
-            f"sqlite:///{tmp_path}/bot.db",
+            database_url,
             oauth_client_id=client_id,
             oauth_client_secret=client_secret,
             **extra,

@@ -42,6 +42,8 @@ import requests
 from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from flask import Flask, request
+from joserfc import jwt
+from joserfc.jwk import KeySet
 from werkzeug.serving import make_server
 
 from tests.gitlab_double import (
@@ -815,13 +817,12 @@ def test_pkce_sign_in_yields_tokens_userinfo_and_a_signed_id_token(
     assert info["sub"] == str(alice["id"])
     assert (info["nickname"], info["preferred_username"]) == ("alice", "alice")
     assert info["name"] == "Alice Liddell" and "groups" in info
-    header, claims, signature = token["id_token"].split(".")
-    padded = claims + "=" * (-len(claims) % 4)
-    assert json.loads(base64.urlsafe_b64decode(padded))["sub"] == str(alice["id"])
-    mac = hmac.new(
-        client.client_secret.encode(), f"{header}.{claims}".encode(), hashlib.sha256
-    ).digest()
-    assert base64.urlsafe_b64encode(mac).rstrip(b"=").decode() == signature
+    # Verified with the key GitLab publishes, as a relying party does.
+    keys = requests.get(f"{double.url}/oauth/discovery/keys", timeout=10).json()
+    verified = jwt.decode(token["id_token"], KeySet.import_key_set(keys))
+    assert verified.header["alg"] == "RS256"
+    assert verified.claims["sub"] == str(alice["id"])
+    assert verified.claims["aud"] == client.client_id
     assert "client_secret" not in json.dumps([r.form for r in double.requests_log])
 
 
@@ -954,7 +955,9 @@ def test_discovery_document_points_at_the_double(double: GitLabDouble) -> None:
     assert config["authorization_endpoint"] == f"{double.url}/oauth/authorize"
     assert config["token_endpoint"] == f"{double.url}/oauth/token"
     assert config["userinfo_endpoint"] == f"{double.url}/oauth/userinfo"
-    assert get(config["jwks_uri"]).json() == {"keys": []}
+    (key,) = get(config["jwks_uri"]).json()["keys"]
+    assert (key["kty"], key["alg"], key["use"]) == ("RSA", "RS256", "sig")
+    assert "d" not in key  # the public half only
     assert {"openid", "read_user"} <= set(config["scopes_supported"])
 
 

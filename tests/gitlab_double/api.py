@@ -33,6 +33,8 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
 # Which OAuth scopes let a token use a route (the bot's token has ``api``).
 READ_SCOPES = {"api", "read_api"}
 USER_SCOPES = {"api", "read_api", "read_user"}
+# Any token may read itself (lib/api/personal_access_tokens/self_information.rb).
+SELF_SCOPES = {"api", "read_api", "read_user", "read_repository", "write_repository"}
 
 
 class ApiError(Exception):
@@ -236,6 +238,8 @@ def dispatch(rest: str) -> Response:
             needed = READ_SCOPES if request.method == "GET" else {"api"}
             if path == "user" or path.startswith("users/"):
                 needed = USER_SCOPES if request.method == "GET" else {"api"}
+            if path == "personal_access_tokens/self":
+                needed = SELF_SCOPES
             check_scope(token, needed)
             return handler(Call(data, user, token, args, request_params()))
     except ApiError as err:

@@ -164,14 +164,30 @@ def authorize_redirect(uri: str, **params: str | None) -> Response:
 
 @oauth.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize() -> Response | tuple[str, int]:
-    """Check the request, then send the browser back with a code.
+    """Sign the browser in, check the request, then send it back with a code.
 
-    Errors about the client or the redirect URI are shown on a page, never
-    redirected (RFC 6749 4.1.2.1); the rest go back to the client.
+    As on GitLab, signing in comes first: its ``resource_owner_authenticator``
+    sends an anonymous browser to the sign-in page before Doorkeeper looks at
+    the client or the redirect URI. Errors about those are then shown on a
+    page, never redirected (RFC 6749 4.1.2.1); the rest go back to the client.
     """
     data = store()
     args = request.args
     with data.lock:
+        if request.method == "POST":
+            chosen = next(
+                (
+                    u
+                    for u in data.users.values()
+                    if u.username == request.form.get("username")
+                ),
+                None,
+            )
+            data.signed_in_user_id = chosen.id if chosen else None
+        user = data.users.get(data.signed_in_user_id or 0)
+        if user is None:
+            return login_page(data), 200
+
         app = data.apps.get(args.get("client_id", ""))
         if app is None:
             return "invalid_client: client not found", 401
@@ -192,20 +208,6 @@ def authorize() -> Response | tuple[str, int]:
             return authorize_redirect(
                 redirect_uri, error="invalid_request", state=state
             )
-
-        if request.method == "POST":
-            chosen = next(
-                (
-                    u
-                    for u in data.users.values()
-                    if u.username == request.form.get("username")
-                ),
-                None,
-            )
-            data.signed_in_user_id = chosen.id if chosen else None
-        user = data.users.get(data.signed_in_user_id or 0)
-        if user is None:
-            return login_page(data), 200
 
         grant = OAuthGrant(
             code=secrets.token_hex(32),

@@ -8,7 +8,14 @@ from __future__ import annotations
 from flask import Response, jsonify
 
 from tests.gitlab_double import shapes
-from tests.gitlab_double.api import Call, not_found, paginate, route, sort_records
+from tests.gitlab_double.api import (
+    ApiError,
+    Call,
+    not_found,
+    paginate,
+    route,
+    sort_records,
+)
 from tests.gitlab_double.state import MergeRequest, User
 
 MR_STATES = {"opened", "closed", "merged", "locked", "all"}
@@ -24,6 +31,21 @@ def _user(call: Call) -> User:
 @route("GET", "user")
 def current_user(call: Call) -> Response:
     return jsonify(shapes.user_self(call.store, call.user))
+
+
+@route("GET", "personal_access_tokens/self")
+def current_token(call: Call) -> Response:
+    """The token the request came with. Any scope may ask (see ``SELF_SCOPES``);
+    OAuth tokens are refused as GitLab refuses them."""
+    if call.token.client_id is not None:
+        raise ApiError(
+            400,
+            {
+                "message": "400 Bad request - This endpoint requires token type "
+                "to be a personal access token"
+            },
+        )
+    return jsonify(shapes.personal_access_token(call.store, call.token))
 
 
 @route("GET", "users")

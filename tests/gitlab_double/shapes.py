@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.gitlab_double.state import (
+    AccessToken,
     AwardEmoji,
     Deployment,
     Discussion,
@@ -266,6 +267,25 @@ def member(store: Store, user: User, record: Member) -> dict[str, Any]:
 
 def ssh_key(key: dict[str, Any]) -> dict[str, Any]:
     return dict(key)
+
+
+def personal_access_token(store: Store, token: AccessToken) -> dict[str, Any]:
+    """``GET /personal_access_tokens/self`` (docs.gitlab.com/api/personal_access_tokens,
+    "Using a request header"); project and group access tokens answer the same."""
+    expired = token.expires_at is not None and token.expires_at <= store.now()
+    return {
+        "id": token.id,
+        "name": token.name,
+        "revoked": token.revoked,
+        "created_at": api_time(token.created_at),
+        "description": None,
+        "scopes": list(token.scopes),
+        "user_id": token.user_id,
+        "last_used_at": None,
+        "active": not token.revoked and not expired,
+        "expires_at": token.expires_at.date().isoformat() if token.expires_at else None,
+        "last_used_ips": [],
+    }
 
 
 def hook(record: Hook) -> dict[str, Any]:

@@ -203,6 +203,9 @@ class AccessToken:
     expires_at: datetime | None = None
     refresh_token: str | None = None
     revoked: bool = False
+    #: Personal access tokens have an id and a name (OAuth tokens show neither).
+    id: int = 0
+    name: str = ""
 
 
 class Store:
@@ -264,6 +267,9 @@ class Store:
             client_id=client_id,
             expires_at=now + timedelta(seconds=lifetime) if lifetime else None,
             refresh_token=secrets.token_hex(32) if client_id else None,
+            # Own numbering, so issuing a token shifts no other record's id.
+            id=len(self.tokens) + 1,
+            name="" if client_id else f"token-{len(self.tokens) + 1}",
         )
         self.tokens[token.token] = token
         return token

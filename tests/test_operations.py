@@ -1,0 +1,151 @@
+"""What an operator relies on: health, metrics, logs, webhook registration,
+and riding out GitLab's rate limits and outages.
+
+Cases: /healthz answers while GitLab is down, /readyz does not, nor before the
+schema is migrated; /metrics counts deliveries and workspaces by phase; JSON
+logs carry structured fields and never a secret, even inside an exception;
+``rwbot hooks install`` registers one hook with the right events and updates it
+on a second run; GitLab answering 429 with Retry-After and 5xx ends with the
+right single comment, retried no sooner than GitLab asked; the whole flow works
+on PostgreSQL as well.
+"""
+
+import io
+import json
+import logging
+import time
+
+import pytest
+
+from bot import logs
+from bot.cli import install_hook
+from bot.gitlab import HOOK_EVENTS
+from bot.store import Store
+from tests import harness, services
+from tests.gitlab_double import DEVELOPER
+
+
+@pytest.fixture
+def stack(docker_host, tmp_path):
+    s = harness.Stack(docker_host, tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def project(stack):
+    p = stack.gitlab.add_project("team/app")
+    author = stack.gitlab.add_user("author")
+    stack.gitlab.set_member(p, author, DEVELOPER)
+    return p
+
+
+def test_healthz_answers_while_gitlab_is_down_but_readyz_does_not(stack):
+    client = stack.app.test_client()
+    assert client.get("/readyz").status_code == 200
+    stack.gitlab.set_unreachable(True)
+    try:
+        assert client.get("/healthz").status_code == 200
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "gitlab" in r.json["problems"]
+    finally:
+        stack.gitlab.set_unreachable(False)
+
+
+def test_readyz_fails_until_the_schema_is_migrated(stack, tmp_path):
+    from bot.app import create_app
+
+    store = Store(f"sqlite:///{tmp_path}/empty.db")
+    app = create_app(
+        stack.settings, store=store, gitlab=stack.client, runtime=stack.runtime
+    )
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 503 and "schema" in r.json["problems"]["store"]
+    store.migrate()
+    assert app.test_client().get("/readyz").status_code == 200
+
+
+def test_metrics_count_deliveries_and_workspaces_by_phase(stack, project):
+    mr = stack.gitlab.open_mr(project, "feature", {"a.txt": "a\n"})
+    stack.deliver(stack.gitlab.mr_hook(mr, "open"))
+    stack.settle()
+    text = stack.app.test_client().get("/metrics").get_data(as_text=True)
+    assert (
+        'rwbot_webhook_deliveries_total{event="Merge Request Hook",outcome="applied"}'
+        in text
+    )
+    assert 'rwbot_workspaces{phase="ready"} 1.0' in text
+    assert "rwbot_reconcile_seconds_count" in text
+
+
+def test_json_logs_have_fields_and_never_a_secret():
+    stream = io.StringIO()
+    logs.configure("json", "INFO", ["s3cr3t-token"])
+    logging.getLogger().handlers[0].stream = stream
+    log = logging.getLogger("bot.test")
+    log.info("webhook recorded", extra={"delivery": "d-1", "note": "has s3cr3t-token"})
+    log.info("counted %d things in %.1f s", 3, 1.5)
+    try:
+        raise RuntimeError("request failed with token s3cr3t-token")
+    except RuntimeError:
+        log.exception("gitlab call failed")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if line]
+    assert lines[0]["message"] == "webhook recorded" and lines[0]["delivery"] == "d-1"
+    assert lines[1]["message"] == "counted 3 things in 1.5 s"
+    assert "s3cr3t-token" not in stream.getvalue()
+    assert "[MASKED]" in lines[0]["note"] and "[MASKED]" in lines[2]["message"]
+
+
+def test_hooks_install_registers_one_hook_and_updates_it(stack, project, capsys):
+    assert install_hook(stack.settings, "team/app") == 0
+    assert install_hook(stack.settings, str(project["id"])) == 0
+    (hook,) = stack.gitlab.hooks(project)
+    assert hook["url"] == f"{stack.url}/webhooks/gitlab"
+    for name, value in HOOK_EVENTS.items():
+        assert hook[name] is value, name
+    assert hook["token"] == harness.WEBHOOK_SECRET
+    out = capsys.readouterr().out
+    assert "registered webhook" in out and "updated webhook" in out
+
+
+def test_rate_limits_and_server_errors_end_in_one_right_comment(stack, project):
+    mr = stack.gitlab.open_mr(project, "feature", {"a.txt": "a\n"})
+    stack.gitlab.inject_faults(429, every=2, retry_after=1, paths=r"/notes")
+    stack.deliver(stack.gitlab.mr_hook(mr, "open"))
+    stack.reconciler.run_once()
+    row = stack.row(mr)
+    assert row.attempts == 1
+    # Retried no sooner than GitLab asked (1 s), even though our backoff is 0.05 s.
+    assert (row.due_at - harness.utcnow()).total_seconds() > 0.5
+
+    stack.gitlab.inject_faults(502, every=3, paths=r"/notes")
+    started = time.monotonic()
+
+    def commented() -> bool:
+        stack.reconciler.run_once()
+        return any("ready" in n["body"] for n in stack.bot_notes(mr))
+
+    services.wait_for(commented, timeout=60, what="the comment despite faults")
+    assert time.monotonic() - started >= 0.5
+    stack.gitlab.clear_faults()
+    assert "ready" in stack.comment(mr)
+    assert len(stack.bot_notes(mr)) == 1
+
+
+def test_the_flow_works_on_postgresql(docker_host, tmp_path, postgres_url):
+    stack = harness.Stack(
+        docker_host, tmp_path, database_url=services.create_database(postgres_url)
+    )
+    try:
+        p = stack.gitlab.add_project("team/app")
+        author = stack.gitlab.add_user("author")
+        mr = stack.gitlab.open_mr(p, "feature", {"a.txt": "a\n"}, author=author)
+        stack.deliver(stack.gitlab.mr_hook(mr, "open"))
+        stack.settle()
+        assert "ready" in stack.comment(mr)
+        stack.gitlab.merge(mr)
+        stack.deliver(stack.gitlab.mr_hook(mr, "merge"))
+        stack.settle()
+        assert stack.containers(mr) == []
+    finally:
+        stack.close()
