@@ -7,6 +7,7 @@
 - ``rwbot migrate``: create or upgrade the database schema.
 - ``rwbot hooks install PROJECT``: register (or update) the bot's webhook.
 - ``rwbot audit``: print the audit log (commands, joins, revocations, lifecycle).
+- ``rwbot doctor [PROJECT…]``: check the installation, one line per check.
 
 Errors the bot raises on purpose become one line on stderr and exit code 2
 (configuration) or 1 (anything else).
@@ -46,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit_cmd.add_argument("--project", type=int, help="only this project id")
     audit_cmd.add_argument("--mr", type=int, help="only this merge request iid")
     audit_cmd.add_argument("--limit", type=int, default=50)
+    doctor_cmd = sub.add_parser("doctor", help="check the installation")
+    doctor_cmd.add_argument(
+        "projects", nargs="*", help="project ids or paths (default: RWBOT_PROJECTS)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -65,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "hooks":
             return install_hook(settings, args.project)
+        if args.command == "doctor":
+            from bot import doctor
+
+            return doctor.main(settings, args.projects)
         if args.command == "audit":
             from bot import audit
             from bot.store import Store
