@@ -111,6 +111,9 @@ def render(
         join_url=join_url(public_url, ws.project_id, ws.mr_iid),
         members=[Member(_inline(m.username), m.role) for m in members],
         reason=_inline(reason if reason is not None else ws.reason),
+        notices=[_inline(line) for line in (ws.notices or "").splitlines()]
+        if phase == Phase.READY
+        else [],
         prefix=prefix,
         marker=marker(ws.project_id, ws.mr_iid),
     )

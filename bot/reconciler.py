@@ -32,6 +32,7 @@ from bot.gitlab import Client, NotFound, Project
 from bot.lifecycle import Action, Desired, Phase
 from bot.runtime.base import Phase as RuntimePhase
 from bot.runtime.base import Runtime, Spec, WorkspaceKey
+from bot.runtime.workspace import DevfilePolicy
 from bot.settings import Settings
 from bot.store import Delivery, Member, Store, Workspace, claim, release, utcnow
 
@@ -231,13 +232,16 @@ class Reconciler:
             # reopen or a restart command starts a new attempt.
             return {}
         spec = self._spec(ws, key, plan.sha)
-        self.runtime.ensure_running(spec)
+        started = self.runtime.ensure_running(spec)
+        if started.notes or not current:
+            ws.notices = "\n".join(started.notes)
         ws.running_sha = ws.running_sha if current and ws.running_sha else plan.sha
         return {
             "phase": Phase.READY,
             "reason": "",
             "running_sha": ws.running_sha,
             "restart": False,
+            "notices": ws.notices,
             **self._timers(ws, key),
         }
 
@@ -294,6 +298,9 @@ class Reconciler:
             pids=s.workspace_pids,
             network=s.workspace_network,
             checkout_root=s.workspace_root,
+            devfile=DevfilePolicy(
+                s.devfile_images, s.devfile_max_memory, s.devfile_max_cpu
+            ),
         )
 
     def _update_environment(self, ws: Workspace) -> dict[str, object]:

@@ -88,6 +88,11 @@ class Settings:
     #: Lowest GitLab access level that may join read-only, and read-write.
     read_level: int = REPORTER
     write_level: int = DEVELOPER
+    #: What a devfile may ask for: image patterns (fnmatch; empty: any) and
+    #: the most memory and CPU (Kubernetes quantities, e.g. 8Gi and 4).
+    devfile_images: tuple[str, ...] = ()
+    devfile_max_memory: str | None = "8Gi"
+    devfile_max_cpu: str | None = "4"
     #: Name of each workspace's GitLab environment; ``{iid}`` is the MR's iid.
     #: Empty: no environments (the MR widget shows no "View app").
     environment_name: str = "review-workspace/mr-{iid}"
@@ -277,6 +282,19 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     ) or (environment.startswith("/") or environment.endswith("/")):
         raise SettingsError(f"{PREFIX}ENVIRONMENT_NAME: not a valid environment name")
     settings = settings.with_overrides(environment_name=environment)
+    from bot.devfile import quantity
+
+    for name, default in (("DEVFILE_MAX_MEMORY", "8Gi"), ("DEVFILE_MAX_CPU", "4")):
+        value = env.get(PREFIX + name, default)
+        if value and not quantity.is_valid(value):
+            raise SettingsError(f"{PREFIX}{name}: expected a quantity like 8Gi or 4")
+        settings = settings.with_overrides(**{name.lower(): value or None})
+    images = tuple(
+        p.strip()
+        for p in env.get(PREFIX + "DEVFILE_IMAGES", "").split(",")
+        if p.strip()
+    )
+    settings = settings.with_overrides(devfile_images=images)
     prefix = env.get(PREFIX + "COMMAND_PREFIX") or "/workspace"
     if not re.fullmatch(r"/[A-Za-z0-9_-]{1,32}", prefix):
         raise SettingsError(f"{PREFIX}COMMAND_PREFIX: expected e.g. /workspace")

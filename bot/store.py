@@ -100,6 +100,8 @@ class Workspace(Base):
     #: latest deployment (what the MR widget's "View app" follows).
     environment_id: orm.Mapped[int | None]
     deployed_sha: orm.Mapped[str | None] = orm.mapped_column(sa.String(64))
+    #: Notes about the running workspace for the comment, one per line.
+    notices: orm.Mapped[str] = orm.mapped_column(sa.Text, default="")
     #: Set by ``/workspace restart``; the reconciler restarts and clears it.
     restart: orm.Mapped[bool] = orm.mapped_column(default=False)
     note_id: orm.Mapped[int | None]

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bot.errors import PermanentError
+from bot.runtime.workspace import DevfilePolicy
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "review-workspace-bot"
@@ -53,6 +54,9 @@ class Status:
     reason: str = ""
     #: The workspace generation the runtime object belongs to (see ``Spec``).
     generation: int = 0
+    #: Things a person should know about a new workspace (devfile features not
+    #: applied, postStart failures), for the MR comment.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Spec:
     pids: int = 1024
     network: str = "bridge"
     checkout_root: str = "/workspace"
+    #: What the admin lets a devfile in the checkout ask for.
+    devfile: DevfilePolicy = field(default_factory=lambda: DevfilePolicy())
 
     @property
     def checkout_dir(self) -> str:

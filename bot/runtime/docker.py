@@ -35,8 +35,9 @@ import docker
 import docker.errors
 import requests
 
-from bot import git
+from bot import devfile, git
 from bot.errors import PermanentError, TemporaryError
+from bot.runtime import workspace
 from bot.runtime.base import (
     LABEL_GENERATION,
     LABEL_INSTANCE,
@@ -100,7 +101,6 @@ def _translated(what: str) -> Callable[[F], F]:
 
 
 class DockerRuntime(Runtime):
-    @_translated("start the workspace")
     def __init__(self, client: docker.DockerClient, instance: str) -> None:
         self._client = client
         self._instance = instance
@@ -143,6 +143,7 @@ class DockerRuntime(Runtime):
 
     # -- lifecycle ------------------------------------------------------------
 
+    @_translated("start the workspace")
     def ensure_running(self, spec: Spec) -> Status:
         container = self._container(spec.key)
         if container is not None:
@@ -164,42 +165,18 @@ class DockerRuntime(Runtime):
                 extra={"workspace": spec.key.slug()},
             )
             self.remove(spec.key)
-        self._create(spec)
-        return Status(Phase.RUNNING, generation=spec.generation)
+        notes = self._create(spec)
+        return Status(Phase.RUNNING, generation=spec.generation, notes=notes)
 
     @_translated("inspect the workspace")
     def _prepared(self, container: Any) -> bool:
         code, _ = container.exec_run(["test", "-e", READY_MARKER])
         return bool(code == 0)
 
-    def _create(self, spec: Spec) -> None:
-        labels = self._labels(spec.key, spec.generation)
-        volume = self._client.volumes.create(
-            name=f"{self._name(spec.key)}-g{spec.generation}", labels=labels
-        )
-        try:
-            self._client.images.get(spec.image)
-        except docker.errors.ImageNotFound:
-            raise PermanentError(
-                f"the workspace image {spec.image} is not available"
-            ) from None
-        container = self._client.containers.create(
-            spec.image,
-            ["sleep", "infinity"],
-            name=self._name(spec.key),
-            hostname=f"ws-{spec.key.slug()}",
-            labels=labels,
-            init=True,
-            mem_limit=spec.memory,
-            nano_cpus=int(spec.cpus * 1e9),
-            pids_limit=spec.pids,
-            cap_drop=["ALL"],
-            cap_add=CAPABILITIES,
-            security_opt=["no-new-privileges"],
-            network_mode=spec.network,
-            volumes={volume.name: {"bind": spec.checkout_root, "mode": "rw"}},
-            detach=True,
-        )
+    def _create(self, spec: Spec) -> tuple[str, ...]:
+        """Fetch, read the devfile, create, copy in, start, prepare; return
+        notes for the MR comment (what of the devfile was not applied, and
+        how its postStart commands went)."""
         with tempfile.TemporaryDirectory(prefix="rwbot-clone-") as tmp:
             checkout = Path(tmp) / "checkout"
             git.fetch_checkout(
@@ -209,6 +186,10 @@ class DockerRuntime(Runtime):
                 spec.source.token,
                 checkout,
             )
+            # Read from the commit being run (an approved fork commit, never
+            # the fork's newer head).
+            plan = workspace.devfile_plan(checkout, spec.devfile)
+            container = self._new_container(spec, plan)
             container.put_archive(
                 spec.checkout_root, _tar_dir(checkout, spec.source.path)
             )
@@ -217,7 +198,90 @@ class DockerRuntime(Runtime):
         from bot import accounts
 
         self._must(container, accounts.init_argv(spec.checkout_dir))
+        notes = list(workspace.notes(plan))
+        if plan is not None:
+            notes += self._post_start(container, spec, plan)
         self._must(container, ["touch", READY_MARKER])
+        return tuple(notes)
+
+    def _new_container(self, spec: Spec, plan: devfile.Plan | None) -> Any:
+        labels = self._labels(spec.key, spec.generation)
+        image = plan.image if plan is not None else spec.image
+        try:
+            self._client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise PermanentError(
+                f"the workspace image {image} is not available"
+            ) from None
+        volume = self._client.volumes.create(
+            name=f"{self._name(spec.key)}-g{spec.generation}", labels=labels
+        )
+        mounts = {volume.name: {"bind": spec.checkout_root, "mode": "rw"}}
+        tmpfs: dict[str, str] = {}
+        memory: int | str = spec.memory
+        cpus = spec.cpus
+        environment: dict[str, str] = {}
+        if plan is not None:
+            environment = dict(plan.env)
+            memory = workspace.memory_bytes(plan) or memory
+            cpus = workspace.cpus(plan) or cpus
+            for v in plan.volumes:
+                if v.ephemeral:
+                    tmpfs[v.path] = ""
+                    continue
+                extra = self._client.volumes.create(
+                    name=f"{self._name(spec.key)}-g{spec.generation}-{v.name}",
+                    labels=labels,
+                )
+                mounts[extra.name] = {"bind": v.path, "mode": "rw"}
+        return self._client.containers.create(
+            image,
+            ["sleep", "infinity"],
+            name=self._name(spec.key),
+            hostname=f"ws-{spec.key.slug()}",
+            labels=labels,
+            environment=environment,
+            init=True,
+            mem_limit=memory,
+            nano_cpus=int(cpus * 1e9),
+            pids_limit=spec.pids,
+            cap_drop=["ALL"],
+            cap_add=CAPABILITIES,
+            security_opt=["no-new-privileges"],
+            network_mode=spec.network,
+            volumes=mounts,
+            tmpfs=tmpfs,
+            detach=True,
+        )
+
+    def _post_start(self, container: Any, spec: Spec, plan: devfile.Plan) -> list[str]:
+        """Run the devfile's postStart commands in order, output to a log in
+        the workspace; a failing one is reported, and the rest still run."""
+        notes = []
+        for command in plan.post_start:
+            code, _ = container.exec_run(
+                [
+                    "sh",
+                    "-c",
+                    workspace.POST_START_SCRIPT,
+                    "post-start",
+                    command.command_line,
+                    workspace.POST_START_LOG,
+                ],
+                workdir=command.working_dir or spec.checkout_dir,
+                environment=dict(plan.env),
+            )
+            if code != 0:
+                notes.append(
+                    f"postStart command {command.id} failed (exit {code}); its "
+                    f"output is in {workspace.POST_START_LOG}"
+                )
+        if plan.post_start:
+            notes.append(
+                f"Ran {len(plan.post_start)} postStart command(s); output in "
+                f"{workspace.POST_START_LOG}"
+            )
+        return notes
 
     def _must(self, container: Any, argv: list[str]) -> None:
         code, output = container.exec_run(argv, user="root")

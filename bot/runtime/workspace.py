@@ -1,0 +1,86 @@
+"""What any runtime does the same way to a new workspace: follow its devfile.
+
+The devfile is read from the checkout of the commit being run (see
+:mod:`bot.devfile` for the rules), and turned into the image, environment,
+limits, volumes and postStart commands of the workspace. Anything of it the bot
+does not apply is turned into a note for the MR comment, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot import devfile
+from bot.devfile import quantity
+
+#: Where postStart commands' output goes inside the workspace (readable by all
+#: joined reviewers, like the checkout).
+POST_START_LOG = "/var/log/rwbot-poststart.log"
+#: Runs one postStart command line and appends its output to the log; the
+#: command line and log path come in as arguments, never spliced into a string.
+POST_START_SCRIPT = 'umask 002; printf "== %s\\n" "$1" >>"$2"; sh -c "$1" >>"$2" 2>&1'
+
+
+@dataclass(frozen=True)
+class DevfilePolicy:
+    """What an admin lets devfiles ask for."""
+
+    #: ``fnmatch`` patterns the image must match; empty allows any image.
+    allowed_images: tuple[str, ...] = ()
+    max_memory: str | None = None
+    max_cpu: str | None = None
+
+
+def devfile_plan(checkout: Path, policy: DevfilePolicy) -> devfile.Plan | None:
+    """The devfile's plan, None without a devfile; raises DevfileError."""
+    paths = [p.relative_to(checkout).as_posix() for p in _candidates(checkout)]
+    found = devfile.find(paths)
+    if found is None:
+        return None
+    with (checkout / found).open("rb") as f:
+        # One byte past the limit is enough for parse() to refuse it.
+        text = f.read(devfile.MAX_BYTES + 1).decode("utf-8", errors="replace")
+    parsed = devfile.parse(text)
+    return devfile.workspace_plan(
+        parsed,
+        allowed_images=policy.allowed_images,
+        max_memory=policy.max_memory,
+        max_cpu=policy.max_cpu,
+    )
+
+
+def _candidates(checkout: Path) -> list[Path]:
+    found = [checkout / name for name in devfile.PATHS if (checkout / name).is_file()]
+    folder = checkout / devfile.FOLDER
+    if folder.is_dir() and not folder.is_symlink():
+        found += [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
+    return [p for p in found if not p.is_symlink()]
+
+
+def notes(plan: devfile.Plan | None) -> list[str]:
+    """What of the devfile was not applied, in words for the MR comment."""
+    if plan is None:
+        return []
+    said = [
+        f"devfile {item.path}"
+        + (f" (line {item.line})" if item.line else "")
+        + f": {item.reason}"
+        for item in plan.ignored
+    ]
+    if plan.endpoints:
+        names = ", ".join(e.name for e in plan.endpoints)
+        said.append(f"devfile endpoints ({names}) are not exposed by the bot yet")
+    if not plan.override_command and (plan.command or plan.args):
+        said.append("the devfile's command is not run: the workspace keeps its own")
+    return said
+
+
+def memory_bytes(plan: devfile.Plan) -> int | None:
+    value = plan.resources.memory_limit or plan.resources.memory_request
+    return int(quantity.parse(value)) if value else None
+
+
+def cpus(plan: devfile.Plan) -> float | None:
+    value = plan.resources.cpu_limit or plan.resources.cpu_request
+    return float(quantity.parse(value)) if value else None
