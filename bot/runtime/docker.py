@@ -446,15 +446,23 @@ class DockerTerminal(Terminal):
         self._api = api
         self._exec_id = exec_id
         self._sock = sock
+        #: A size the runtime refused because the TTY did not exist yet.
+        self._pending: tuple[int, int] | None = None
 
     def read(self, timeout: float | None = None) -> bytes:
         ready, _, _ = select.select([self._sock], [], [], timeout)
         if not ready:
             raise TimeoutError("no terminal output")
         try:
-            return self._sock.recv(65536)
+            data = self._sock.recv(65536)
         except OSError:
             return b""
+        if data and self._pending is not None:
+            # Output means the process and its TTY exist now.
+            rows, cols = self._pending
+            self._pending = None
+            self.resize(rows, cols)
+        return data
 
     def write(self, data: bytes) -> None:
         self._sock.sendall(data)
@@ -463,8 +471,9 @@ class DockerTerminal(Terminal):
         try:
             self._api.exec_resize(self._exec_id, height=rows, width=cols)
         except docker.errors.APIError as err:
-            # The exec may not have started its TTY yet; the shell will be
-            # resized again by the browser's next fit.
+            # The exec may not have started its TTY yet: try again once it
+            # has said something.
+            self._pending = (rows, cols)
             log.debug("terminal resize refused", extra={"error": str(err)})
 
     def close(self) -> None:
