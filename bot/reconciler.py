@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 RECONCILE_SECONDS = Histogram(
     "rwbot_reconcile_seconds", "Time to converge one workspace", ["outcome"]
 )
+#: Temporary failures in a row after which the comment says the bot is retrying.
+SAY_RETRYING_AFTER = 3
 #: How long deliveries are kept for recognising redeliveries.
 DELIVERY_RETENTION = dt.timedelta(days=7)
 
@@ -147,6 +149,9 @@ class Reconciler:
                 "workspace failed",
                 extra={"workspace": key.slug(), "reason": err.reason},
             )
+        if retry is not None and ws.attempts + 1 >= SAY_RETRYING_AFTER:
+            # Tell people why nothing happens, while still retrying.
+            changes["reason"] = f"retrying: {retry}"
         for name, value in changes.items():
             setattr(ws, name, value)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import services
+from tests import harness, services
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +41,11 @@ def store(database_url):
     s.migrate()
     yield s
     s.dispose()
+
+
+@pytest.fixture
+def stack(docker_host, tmp_path):
+    """GitLab double, an in-process bot and real Podman (see tests/harness.py)."""
+    s = harness.Stack(docker_host, tmp_path)
+    yield s
+    s.close()

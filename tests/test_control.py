@@ -20,17 +20,9 @@ import sqlalchemy as sa
 from bot import audit
 from bot.runtime.base import WorkspaceKey
 from bot.store import Member, Workspace, utcnow
-from tests import harness
 from tests.gitlab_double import DEVELOPER, GUEST, MAINTAINER, REPORTER
 
 CHECKOUT = "/workspace/team/app"
-
-
-@pytest.fixture
-def stack(docker_host, tmp_path):
-    s = harness.Stack(docker_host, tmp_path)
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -59,13 +59,6 @@ def devfile_image(docker_host):
 
 
 @pytest.fixture
-def stack(docker_host, tmp_path):
-    s = harness.Stack(docker_host, tmp_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def project(stack):
     p = stack.gitlab.add_project("team/app")
     author = stack.gitlab.add_user("author")

@@ -16,13 +16,6 @@ from tests.gitlab_double import DEVELOPER
 
 
 @pytest.fixture
-def stack(docker_host, tmp_path):
-    s = harness.Stack(docker_host, tmp_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def project(stack):
     p = stack.gitlab.add_project("team/app", files={"README.md": "hello\n"})
     dev = stack.gitlab.add_user("dana", name="Dana Dev")

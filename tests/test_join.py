@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests import browser, harness
+from tests import browser
 from tests.gitlab_double import DEVELOPER, GUEST, REPORTER
 
 
@@ -20,13 +20,6 @@ from tests.gitlab_double import DEVELOPER, GUEST, REPORTER
 def chromium():
     with browser.chromium() as context:
         yield context
-
-
-@pytest.fixture
-def stack(docker_host, tmp_path):
-    s = harness.Stack(docker_host, tmp_path)
-    yield s
-    s.close()
 
 
 @pytest.fixture

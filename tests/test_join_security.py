@@ -15,15 +15,8 @@ import pytest
 import requests
 import websocket
 
-from tests import harness, services
+from tests import services
 from tests.gitlab_double import DEVELOPER
-
-
-@pytest.fixture
-def stack(docker_host, tmp_path):
-    s = harness.Stack(docker_host, tmp_path)
-    yield s
-    s.close()
 
 
 @pytest.fixture

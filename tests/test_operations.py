@@ -26,13 +26,6 @@ from tests.gitlab_double import DEVELOPER
 
 
 @pytest.fixture
-def stack(docker_host, tmp_path):
-    s = harness.Stack(docker_host, tmp_path)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def project(stack):
     p = stack.gitlab.add_project("team/app")
     author = stack.gitlab.add_user("author")
