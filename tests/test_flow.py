@@ -163,7 +163,7 @@ def test_an_open_merge_request_nobody_told_us_about_is_found_by_the_resync(
 ):
     mr = stack.gitlab.open_mr(project, "quiet", {"a.txt": "a\n"})
     stack_settings = stack.settings.with_overrides(projects=("team/app",))
-    stack.reconciler.settings = stack_settings
+    stack.reconciler.resyncer.settings = stack_settings
 
     stack.reconciler.resync()
     stack.settle()

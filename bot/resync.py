@@ -1,0 +1,203 @@
+"""The resync: what events alone cannot repair.
+
+Webhooks get lost (the bot was down, GitLab gave up), stores get restored from
+backups, people lose access without telling anyone. Every ``resync_interval``
+the reconciler runs :meth:`Resync.run`, which re-reads the served projects' open
+merge requests (and the tracked ones that are no longer open) from GitLab and
+folds them into the store, removes runtime objects labelled as ours that no row
+wants (orphans), locks out members who lost access, and forgets old
+deliveries. It only changes the store and marks rows due; converging is the
+reconciler's job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import sqlalchemy as sa
+
+from bot import audit, lifecycle, provision
+from bot.errors import PermanentError
+from bot.gitlab import Client, NotFound, Project
+from bot.lifecycle import Desired, Phase
+from bot.runtime.base import Runtime
+from bot.settings import Settings
+from bot.store import Delivery, Member, Store, Workspace, utcnow
+
+log = logging.getLogger(__name__)
+
+#: How long deliveries are kept for recognising redeliveries.
+DELIVERY_RETENTION = dt.timedelta(days=7)
+
+
+class Resync:
+    def __init__(
+        self, settings: Settings, store: Store, gitlab: Client, runtime: Runtime
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.gitlab = gitlab
+        self.runtime = runtime
+
+    def run(self) -> None:
+        """One resync.
+
+        One listing of open MRs per project covers every tracked MR that is
+        still open (100 a page), so the cost grows with the number of
+        projects and pages, not with one request per MR; only tracked MRs
+        missing from the listing (merged, closed, deleted) are read one by one.
+        """
+        started = time.perf_counter()
+        with self.store.session() as session:
+            tracked = session.scalars(
+                sa.select(Workspace).where(
+                    sa.or_(
+                        Workspace.desired != Desired.GONE,
+                        Workspace.phase != Phase.REMOVED,
+                    )
+                )
+            ).all()
+            project_ids = set(
+                session.scalars(sa.select(Workspace.project_id).distinct())
+            )
+        seen: set[tuple[int, int]] = set()
+        listed_projects: set[int] = set()
+        for project in {*self.settings.projects, *map(str, project_ids)}:
+            listed = self._resync_project(project)
+            if listed is not None:
+                project_id, iids = listed
+                listed_projects.add(project_id)
+                seen.update((project_id, iid) for iid in iids)
+        for ws in tracked:
+            if (ws.project_id, ws.mr_iid) not in seen or (
+                ws.project_id not in listed_projects
+            ):
+                self._resync_one(ws)
+        self._remove_orphans()
+        self._sweep_access()
+        with self.store.session() as session:
+            session.execute(
+                sa.delete(Delivery).where(
+                    Delivery.received_at < utcnow() - DELIVERY_RETENTION
+                )
+            )
+        log.info(
+            "resync done", extra={"seconds": round(time.perf_counter() - started, 3)}
+        )
+
+    def _resync_one(self, ws: Workspace) -> None:
+        project = Project(ws.project_id, ws.project_path, ws.project_http_url, "")
+        try:
+            facts = self.gitlab.merge_request(project, ws.mr_iid)
+        except NotFound:
+            # A deleted MR sends no webhook; treat it like a closed one.
+            facts = _gone(ws)
+        self._observe([facts])
+
+    def _resync_project(self, project_ref: str) -> tuple[int, list[int]] | None:
+        """Fold the project's open MRs in; return its id and their iids."""
+        try:
+            project = self.gitlab.project(
+                int(project_ref) if project_ref.isdigit() else project_ref
+            )
+            open_mrs = self.gitlab.open_merge_requests(project)
+        except PermanentError as err:
+            log.warning(
+                "project not resynced",
+                extra={"project": project_ref, "error": err.reason},
+            )
+            return None
+        self._observe(open_mrs)
+        return project.id, [facts.mr_iid for facts in open_mrs]
+
+    def _observe(self, many: list[lifecycle.MergeRequestFacts]) -> None:
+        if not many:
+            return
+        with self.store.session() as session:
+            rows = {
+                (ws.project_id, ws.mr_iid): ws
+                for ws in session.scalars(
+                    sa.select(Workspace).where(
+                        Workspace.project_id.in_({f.project_id for f in many}),
+                        Workspace.mr_iid.in_({f.mr_iid for f in many}),
+                    )
+                )
+            }
+            for facts in many:
+                ws = rows.get((facts.project_id, facts.mr_iid))
+                if ws is None:
+                    if facts.state == "opened":
+                        session.add(lifecycle.new_workspace(facts))
+                        log.info(
+                            "resync found an untracked merge request",
+                            extra={"project": facts.project_id, "mr": facts.mr_iid},
+                        )
+                elif lifecycle.observe(ws, facts):
+                    log.info(
+                        "resync corrected a merge request",
+                        extra={"project": facts.project_id, "mr": facts.mr_iid},
+                    )
+
+    def _sweep_access(self) -> None:
+        """Lock out members who lost access since they joined (removed from the
+        project, role lowered, blocked), without waiting for them to try again."""
+        with self.store.session() as session:
+            rows = session.execute(
+                sa.select(Workspace, Member.gitlab_user_id)
+                .join(Member, Member.workspace_id == Workspace.id)
+                .where(Member.locked.is_(False), Workspace.phase == Phase.READY)
+            ).all()
+        for ws, user_id in rows:
+            membership = self.gitlab.membership(ws.project_id, user_id)
+            role = None
+            if membership is not None and membership.state == "active":
+                role = provision.role_for(membership.access_level, self.settings)
+            if role is None:
+                provision.lock(self.store, self.runtime, ws, user_id)
+                audit.record(
+                    self.store,
+                    ws.project_id,
+                    ws.mr_iid,
+                    "bot",
+                    "access lost",
+                    "ok",
+                    f"user {user_id} locked",
+                )
+
+    def _remove_orphans(self) -> None:
+        with self.store.session() as session:
+            wanted = {
+                (row.project_id, row.mr_iid): row.generation
+                for row in session.execute(
+                    sa.select(
+                        Workspace.project_id, Workspace.mr_iid, Workspace.generation
+                    ).where(Workspace.desired != Desired.GONE)
+                )
+            }
+        for listed in self.runtime.list_ours():
+            generation = wanted.get((listed.key.project_id, listed.key.mr_iid))
+            if generation is None:
+                log.info(
+                    "removing an orphaned workspace", extra={"workspace": listed.name}
+                )
+                self.runtime.remove(listed.key)
+
+
+def _gone(ws: Workspace) -> lifecycle.MergeRequestFacts:
+    return lifecycle.MergeRequestFacts(
+        project_id=ws.project_id,
+        mr_iid=ws.mr_iid,
+        project_path=ws.project_path,
+        project_http_url=ws.project_http_url,
+        mr_url=ws.mr_url,
+        title=ws.title,
+        state="closed",
+        head_sha=ws.head_sha,
+        draft=ws.draft,
+        is_fork=ws.is_fork,
+        source_branch=ws.source_branch,
+        updated_at=None,
+        author_id=ws.author_id,
+    )
