@@ -29,6 +29,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 TOOL_PATH = "/opt/rwbot/rwctl"
 SHARED_GROUP = "rwbot-write"
@@ -39,6 +40,12 @@ UID_BASE = 100000
 MAX_UID = 2**31 - 1
 MAX_NAME_LENGTH = 32
 MAX_GIT_NAME_LENGTH = 255
+
+#: How a workspace picks reviewers' uids: ``gitlab-id`` is :func:`uid_for`, the
+#: same in every workspace; ``auto`` lets the tool pick the lowest free uid from
+#: 10000 and record it, for workspaces that map only 65,536 uids (a user
+#: namespace). Either way a uid, once recorded, never goes to another person.
+UidPolicy = Literal["gitlab-id", "auto"]
 
 # The tool's exit codes.
 EXIT_OK = 0
@@ -203,12 +210,15 @@ def adduser_argv(
     git_email: str,
     keys: Iterable[str] = (),
     group: str = SHARED_GROUP,
+    uid: UidPolicy = "gitlab-id",
 ) -> list[str]:
+    """``uid`` is the workspace's :data:`UidPolicy`: the uid tied to the GitLab
+    id, or ``auto`` for the tool to choose."""
     argv = [
         TOOL_PATH,
         "adduser",
         "--uid",
-        str(uid_for(gitlab_user_id)),
+        "auto" if uid == "auto" else str(uid_for(gitlab_user_id)),
         "--name",
         name,
         "--gitlab-id",

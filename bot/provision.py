@@ -85,12 +85,15 @@ def join(
     name = _known_name(store, ws, person.id) or accounts.linux_name(
         person.username, person.id
     )
-    result = runtime.exec(key, _adduser(settings, ws, person, role, name, keys))
+    uid = runtime.uid_policy
+    result = runtime.exec(key, _adduser(settings, ws, person, role, name, keys, uid))
     if accounts.name_refused(result.exit_code, result.output.decode(errors="replace")):
         # The image already has an account of that name: use the fallback,
         # which contains the GitLab id and so cannot belong to anyone else.
         name = accounts.fallback_name(person.id)
-        result = runtime.exec(key, _adduser(settings, ws, person, role, name, keys))
+        result = runtime.exec(
+            key, _adduser(settings, ws, person, role, name, keys, uid)
+        )
     if result.exit_code != 0:
         log.error(
             "provisioning failed",
@@ -299,6 +302,7 @@ def _adduser(
     role: accounts.Role,
     name: str,
     keys: list[str],
+    uid: accounts.UidPolicy,
 ) -> list[str]:
     host = urlsplit(settings.gitlab_url).hostname or "gitlab"
     info = {
@@ -315,6 +319,7 @@ def _adduser(
         git_name=accounts.git_name(info),
         git_email=accounts.git_email(info, host),
         keys=keys,
+        uid=uid,
     )
 
 

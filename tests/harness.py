@@ -44,7 +44,7 @@ def bot_settings(
         webhook_secret=WEBHOOK_SECRET,
         public_url=public_url,
         database_url=db,
-        workspace_image=services.WORKSPACE_IMAGE,
+        workspace_image=extra.pop("workspace_image", services.WORKSPACE_IMAGE),
         workspace_network="none",
         workspace_memory="512m",
         instance=f"t{uuid.uuid4().hex[:10]}",
@@ -192,8 +192,11 @@ class BotProcess:
         docker_host: str,
         log_path: Path,
         extra_env: dict[str, str] | None = None,
+        threads: int = 16,
     ) -> None:
         self.settings = settings
+        #: gunicorn worker threads; an open terminal holds one for its lifetime.
+        self.threads = threads
         self.port = int(settings.public_url.rsplit(":", 1)[1])
         self.env = {
             "PATH": os.environ["PATH"],
@@ -233,7 +236,7 @@ class BotProcess:
                     "--bind",
                     f"127.0.0.1:{self.port}",
                     "--threads",
-                    "16",
+                    str(self.threads),
                 ],
                 env=self.env,
                 stdout=log,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -63,14 +64,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def podman_service() -> Iterator[str]:
-    """Run ``podman system service`` on a private socket; yield its DOCKER_HOST."""
-    if shutil.which("podman") is None:
-        missing("podman")
-    if os.geteuid() != 0:
-        missing("rootful podman (run the tests as root)")
-    env = podman_env()
+def _import_workspace_image(env: dict[str, str]) -> None:
     exists = subprocess.run(
         ["podman", "image", "exists", WORKSPACE_IMAGE], env=env, check=False
     )
@@ -84,32 +78,71 @@ def podman_service() -> Iterator[str]:
             stdout=subprocess.DEVNULL,
         )
 
-    tmp = Path(tempfile.mkdtemp(prefix="rwbot-podman-"))
-    sock = tmp / "podman.sock"
-    proc = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+
+class PodmanService:
+    """``podman system service`` on a private socket, which a test may stop and
+    start again: the socket path (:attr:`url`, a DOCKER_HOST) stays the same, so
+    clients reconnect once it is back."""
+
+    def __init__(self) -> None:
+        if shutil.which("podman") is None:
+            missing("podman")
+        if os.geteuid() != 0:
+            missing("rootful podman (run the tests as root)")
+        self._env = podman_env()
+        _import_workspace_image(self._env)
+        self._tmp = Path(tempfile.mkdtemp(prefix="rwbot-podman-"))
+        self._sock = self._tmp / "podman.sock"
+        self.url = f"unix://{self._sock}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PodmanService:
         import docker
 
-        url = f"unix://{sock}"
+        self._sock.unlink(missing_ok=True)
+        self._proc = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", self.url],
+            env=self._env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(
-            lambda: sock.exists() and docker.DockerClient(base_url=url).ping(),
+            lambda: (
+                self._sock.exists() and docker.DockerClient(base_url=self.url).ping()
+            ),
             timeout=30,
             what="podman socket",
         )
-        yield url
-    finally:
-        proc.terminate()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
         try:
-            proc.wait(timeout=10)
+            self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+@contextmanager
+def podman_service() -> Iterator[str]:
+    """Run ``podman system service`` on a private socket; yield its DOCKER_HOST."""
+    service = PodmanService()
+    try:
+        yield service.start().url
+    finally:
+        service.close()
 
 
 def _pg_bin() -> Path | None:
@@ -120,64 +153,96 @@ def _pg_bin() -> Path | None:
     return None
 
 
+class PostgresServer:
+    """A PostgreSQL server a test may stop and start again.
+
+    The data directory and the port stay the same across :meth:`stop` and
+    :meth:`start`, so clients configured with :attr:`url` reconnect to the same
+    databases once it is back, as after a real restart.
+    """
+
+    def __init__(self) -> None:
+        bin_dir = _pg_bin()
+        if bin_dir is None:
+            missing("PostgreSQL server")
+            raise AssertionError("unreachable")
+        self._bin = bin_dir
+        self._tmp = Path(tempfile.mkdtemp(prefix="rwbot-pg-"))
+        self._data = self._tmp / "data"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://rwbot@127.0.0.1:{self.port}/postgres"
+        self._proc: subprocess.Popen[bytes] | None = None
+        # initdb and postgres refuse to run as root; run them as postgres.
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self._tmp, "postgres")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [
+                *self._as_user,
+                str(self._bin / "initdb"),
+                "-D",
+                str(self._data),
+                "-A",
+                "trust",
+                "-U",
+                "rwbot",
+                "--no-sync",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def start(self) -> PostgresServer:
+        import psycopg
+
+        self._proc = subprocess.Popen(
+            [
+                *self._as_user,
+                str(self._bin / "postgres"),
+                "-D",
+                str(self._data),
+                "-p",
+                str(self.port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(self._tmp),
+                "-c",
+                "fsync=off",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        dsn = f"host=127.0.0.1 port={self.port} user=rwbot dbname=postgres"
+        wait_for(lambda: psycopg.connect(dsn).close() or True, what="postgres")
+        return self
+
+    def stop(self) -> None:
+        """Fast shutdown: clients are disconnected, as in a real restart."""
+        if self._proc is None:
+            return
+        # SIGINT is PostgreSQL's "fast" mode; SIGTERM ("smart") would wait for
+        # every client, and a bot's pooled connections never go away. It goes to
+        # postgres itself: runuser does not pass SIGINT on.
+        pid = int((self._data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+        self._proc.wait(timeout=30)
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a throwaway PostgreSQL on 127.0.0.1; yield an SQLAlchemy URL."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        missing("PostgreSQL server")
-        raise AssertionError("unreachable")
-    tmp = Path(tempfile.mkdtemp(prefix="rwbot-pg-"))
-    data = tmp / "data"
-    port = free_port()
-    # initdb and postgres refuse to run as root; run them as the postgres user.
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(tmp, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [
-            *as_user,
-            str(bin_dir / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "rwbot",
-            "--no-sync",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    proc = subprocess.Popen(
-        [
-            *as_user,
-            str(bin_dir / "postgres"),
-            "-D",
-            str(data),
-            "-p",
-            str(port),
-            "-h",
-            "127.0.0.1",
-            "-k",
-            str(tmp),
-            "-c",
-            "fsync=off",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = PostgresServer()
     try:
-        import psycopg
-
-        dsn = f"host=127.0.0.1 port={port} user=rwbot dbname=postgres"
-        wait_for(lambda: psycopg.connect(dsn).close() or True, what="postgres")
-        yield f"postgresql+psycopg://rwbot@127.0.0.1:{port}/postgres"
+        yield server.start().url
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+        server.close()
 
 
 def create_database(server_url: str) -> str:

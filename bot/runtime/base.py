@@ -17,6 +17,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from bot.accounts import UidPolicy
 from bot.errors import PermanentError
 from bot.runtime.workspace import DevfilePolicy
 
@@ -129,6 +130,12 @@ class Terminal(abc.ABC):
 
 class Runtime(abc.ABC):
     """Creates, inspects, execs into and removes workspaces."""
+
+    @property
+    def uid_policy(self) -> UidPolicy:
+        """How joining picks a reviewer's uid (see :data:`bot.accounts.UidPolicy`):
+        ``auto`` where a workspace cannot map uids of 100000 and up."""
+        return "gitlab-id"
 
     @abc.abstractmethod
     def ensure_running(self, spec: Spec) -> Status:

@@ -9,7 +9,7 @@
 # /etc/shadow itself (Debian's busybox has no adduser applet).
 #
 #   rwctl init --checkout DIR --group NAME --gid N
-#   rwctl adduser --uid N --name LINUXNAME --gitlab-id ID --gitlab-username U
+#   rwctl adduser --uid N|auto --name LINUXNAME --gitlab-id ID --gitlab-username U
 #                 --role read|write --git-name NAME --git-email EMAIL --group NAME
 #                 [--key 'TYPE BASE64 [COMMENT]']...
 #   rwctl shell --name LINUXNAME [--command STRING] [--session ID]
@@ -25,6 +25,9 @@
 #   linux name, uid, GitLab id, GitLab username, role (read|write), state
 #   (active|locked). Records are never deleted, so a uid is never reused for
 #   another GitLab id and an account we did not create is never taken over.
+#   "--uid auto" takes the uid recorded for the GitLab id, else the lowest uid
+#   from the minimum up to 65533 that no record, account or group has, so
+#   reviewers fit a user namespace's 65,536 uids (Kubernetes hostUsers: false).
 # Single quotes around awk and sh programs are deliberate: their variables belong
 # to awk or to the user's shell, never to this one.
 # shellcheck disable=SC2016
@@ -43,6 +46,9 @@ SESSIONS_DIR=$STATE_DIR/sessions
 PROFILE_SNIPPET=/etc/profile.d/rwbot.sh
 USER_PATH=/usr/local/bin:/usr/bin:/bin
 MIN_UID=${RWCTL_MIN_UID:-10000}
+# The highest uid "--uid auto" gives: 65534 is nobody's, and a user namespace
+# maps no more than 0-65535.
+MAX_AUTO_UID=65533
 MAX_ID=2147483647
 MAX_KEYS=100
 
@@ -248,6 +254,23 @@ db_field() {
     COL=$2 KEY=$3 FIELD=$4 awk -F: '
         $(ENVIRON["COL"] + 0) == ENVIRON["KEY"] { print $(ENVIRON["FIELD"] + 0); exit }
     ' "$1"
+}
+
+# lowest_free_uid: the lowest uid from MIN_UID to MAX_AUTO_UID that no record
+# (a locked or half-created account too), account or group has; empty if none.
+lowest_free_uid() {
+    {
+        if [ -f "$USERS_DB" ]; then
+            cut -f 2 "$USERS_DB"
+        fi
+        cut -d: -f 3 /etc/passwd
+        cut -d: -f 3 /etc/group
+    } | FIRST=$MIN_UID LAST=$MAX_AUTO_UID awk '
+        { used[$1] = 1 }
+        END {
+            for (uid = ENVIRON["FIRST"] + 0; uid <= ENVIRON["LAST"] + 0; uid++)
+                if (!((uid "") in used)) { print uid; exit }
+        }'
 }
 
 is_member() {
@@ -629,8 +652,9 @@ cmd_adduser() {
         esac
         shift 2
     done
-    if ! is_decimal "$uid" || [ "$uid" -lt "$MIN_UID" ] || [ "$uid" -eq 65534 ]; then
-        bad --uid "must be a decimal number >= $MIN_UID"
+    if [ "$uid" != auto ] &&
+        { ! is_decimal "$uid" || [ "$uid" -lt "$MIN_UID" ] || [ "$uid" -eq 65534 ]; }; then
+        bad --uid "must be auto or a decimal number >= $MIN_UID"
     fi
     is_linux_name "$name" || bad --name "must match ^[a-z_][a-z0-9_-]{0,31}\$"
     if ! is_decimal "$gitlab_id" || [ "$gitlab_id" -lt 1 ]; then
@@ -649,6 +673,13 @@ cmd_adduser() {
     is_reserved "$name" && die 3 "name-taken: $name is reserved"
     [ -n "$(db_field /etc/group 1 "$group" 3)" ] ||
         die 3 "refused: group $group does not exist (run init first)"
+    if [ "$uid" = auto ]; then
+        # Under the lock, and recorded below before the account is made, so
+        # two joins never get the same uid and a uid is never handed out twice.
+        uid=$(record_field 3 "$gitlab_id" 2)
+        [ -n "$uid" ] || uid=$(lowest_free_uid)
+        [ -n "$uid" ] || die 1 "failed: no free uid from $MIN_UID to $MAX_AUTO_UID"
+    fi
     refuse_takeover "$name" "$uid" "$gitlab_id"
 
     if [ -z "$(db_field /etc/passwd 1 "$name" 3)" ]; then

@@ -9,11 +9,14 @@ No I/O happens here apart from reading the templates once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
+import posixpath
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,9 +24,10 @@ from urllib.parse import urlsplit
 import jinja2
 import yaml
 
-from bot import accounts
+from bot import accounts, devfile
+from bot.devfile import quantity
 from bot.errors import ConfigError, PermanentError
-from bot.runtime import base
+from bot.runtime import base, workspace
 from bot.runtime.kube.config import KubernetesConfig
 
 #: What ``rwctl`` needs to add users and drop to them; everything else is dropped.
@@ -37,6 +41,14 @@ APP_LABEL = ("app.kubernetes.io/name", "rwbot-workspace")
 #: timeout) and whether the clone has finished (then the credential is gone).
 STARTED_AT = "rwbot.started-at"
 CHECKOUT = "rwbot.checkout"
+#: What the devfile left out (JSON list of notes), its postStart commands (JSON
+#: list of [id, command line, directory]) and the pod they last ran in: a new
+#: pod has a new root filesystem, so they run again in every pod.
+NOTES = "rwbot.notes"
+POST_START = "rwbot.post-start"
+POST_START_POD = "rwbot.post-start-pod"
+#: Folders the workspace container mounts for itself (and the checkout root).
+OWN_MOUNTS = ("/home", "/var/lib/rwbot", "/opt/rwbot")
 
 #: Template per kind, in the order the objects are created.
 TEMPLATES = {
@@ -114,6 +126,138 @@ def check_source(source: base.Source) -> None:
         raise PermanentError(f"cannot check out {source.sha!r}: not a commit id")
 
 
+@dataclass(frozen=True)
+class Mount:
+    """A devfile volume: a folder of the workspace's claim (kept while stopped,
+    like the checkout), or an ``emptyDir`` when the devfile says ephemeral."""
+
+    volume: str
+    path: str
+    sub_path: str | None = None
+    size_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class PostStart:
+    id: str
+    command_line: str
+    directory: str
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The workspace container: the admin's image and limits, or a devfile's."""
+
+    image: str
+    cpu_limit: str
+    memory_limit: str
+    cpu_request: str
+    memory_request: str
+    env: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    post_start: tuple[PostStart, ...] = ()
+    #: For the MR comment: what of the devfile is not applied.
+    notes: tuple[str, ...] = ()
+
+
+def shape_for(
+    spec: base.Spec, config: KubernetesConfig, plan: devfile.Plan | None
+) -> Shape:
+    """The container ``spec`` and its devfile's ``plan`` (None: no devfile) ask
+    for, as the Docker runtime applies them: a limit the devfile leaves out is
+    its request, else the admin's; a request never exceeds its limit."""
+    cpu_limit, memory_limit = cpu_quantity(spec.cpus), memory_quantity(spec.memory)
+    cpu_request, memory_request = config.cpu_request, config.memory_request
+    if plan is None:
+        return Shape(
+            spec.image,
+            cpu_limit,
+            memory_limit,
+            _at_most(cpu_request, cpu_limit),
+            _at_most(memory_request, memory_limit),
+        )
+
+    wanted = plan.resources
+    cpu_limit = wanted.cpu_limit or wanted.cpu_request or cpu_limit
+    memory_limit = wanted.memory_limit or wanted.memory_request or memory_limit
+    mounts, notes = _mounts(spec, plan)
+    return Shape(
+        image=plan.image,
+        cpu_limit=cpu_limit,
+        memory_limit=memory_limit,
+        cpu_request=_at_most(wanted.cpu_request or cpu_request, cpu_limit),
+        memory_request=_at_most(wanted.memory_request or memory_request, memory_limit),
+        env=plan.env,
+        mounts=mounts,
+        post_start=tuple(
+            PostStart(c.id, c.command_line, c.working_dir or spec.checkout_dir)
+            for c in plan.post_start
+        ),
+        notes=(*workspace.notes(plan), *notes),
+    )
+
+
+def created_shape(deployment: Mapping[str, Any], fallback: Shape) -> Shape:
+    """``fallback`` with the limits and requests the Deployment was created with,
+    so that what a restart re-applies (quota, limit range) agrees with the pod."""
+    pod = (deployment.get("spec") or {}).get("template", {}).get("spec") or {}
+    for container in pod.get("containers") or []:
+        if container.get("name") == CONTAINER:
+            resources = container.get("resources") or {}
+            limits = resources.get("limits") or {}
+            requests = resources.get("requests") or {}
+            return dataclasses.replace(
+                fallback,
+                cpu_limit=str(limits.get("cpu", fallback.cpu_limit)),
+                memory_limit=str(limits.get("memory", fallback.memory_limit)),
+                cpu_request=str(requests.get("cpu", fallback.cpu_request)),
+                memory_request=str(requests.get("memory", fallback.memory_request)),
+            )
+    return fallback
+
+
+def post_start_of(deployment: Mapping[str, Any]) -> tuple[PostStart, ...]:
+    steps = json.loads(_annotations(deployment).get(POST_START) or "[]")
+    return tuple(PostStart(str(i), str(line), str(d)) for i, line, d in steps)
+
+
+def notes_of(deployment: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(n) for n in json.loads(_annotations(deployment).get(NOTES) or "[]"))
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def _at_most(request: str, limit: str) -> str:
+    return limit if quantity.parse(request) > quantity.parse(limit) else request
+
+
+def _mounts(spec: base.Spec, plan: devfile.Plan) -> tuple[tuple[Mount, ...], list[str]]:
+    """Devfile volumes as mounts; a path the workspace already mounts is a note."""
+    taken = {spec.checkout_root, *OWN_MOUNTS}
+    mounts, notes = [], []
+    for n, volume in enumerate(plan.volumes):
+        path = posixpath.normpath(volume.path)
+        if path in taken or path == "/":
+            notes.append(
+                f"devfile volume {volume.name} is not mounted: {path} is already "
+                "the workspace's own"
+            )
+            continue
+        taken.add(path)
+        if volume.ephemeral:
+            mounts.append(Mount(f"devfile-{n}", path, size_limit=volume.size))
+            continue
+        mounts.append(Mount("data", path, sub_path=f"devfile/{volume.name}"))
+        if volume.size:
+            notes.append(
+                f"devfile volume {volume.name}: its size ({volume.size}) is not "
+                "reserved; it shares the workspace's volume"
+            )
+    return tuple(mounts), notes
+
+
 def _split_cidrs(cidrs: tuple[str, ...]) -> tuple[list[str], list[str]]:
     v4 = [c for c in cidrs if ipaddress.ip_network(c).version == 4]
     v6 = [c for c in cidrs if ipaddress.ip_network(c).version == 6]
@@ -148,11 +292,13 @@ class Renderer:
         return namespace_name(self._config.namespace_prefix, self._instance, key)
 
     def render(
-        self, spec: base.Spec, *, started_at: float
+        self, spec: base.Spec, *, started_at: float, shape: Shape | None = None
     ) -> dict[str, dict[str, Any]]:
-        """Every object of the workspace, by kind, in creation order."""
+        """Every object of the workspace, by kind, in creation order; the
+        container as ``shape`` says (default: no devfile)."""
         check_source(spec.source)
         config = self._config
+        container = shape or shape_for(spec, config, None)
         deny_v4, deny_v6 = _split_cidrs(config.egress_deny)
         values = {
             "namespace": self.namespace(spec.key),
@@ -162,7 +308,14 @@ class Renderer:
                 **labels(self._instance, spec.key, spec.generation),
                 **selector(self._instance),
             },
-            "image": spec.image,
+            "image": container.image,
+            "clone_image": spec.image,
+            "env": [{"name": name, "value": value} for name, value in container.env],
+            "mounts": [_mount_values(m) for m in container.mounts],
+            "notes": json.dumps(list(container.notes)),
+            "post_start": json.dumps(
+                [[s.id, s.command_line, s.directory] for s in container.post_start]
+            ),
             "source_url": spec.source.url,
             "source_ref": spec.source.ref,
             "source_sha": spec.source.sha,
@@ -172,10 +325,10 @@ class Renderer:
             "token": spec.source.token,
             "started_at": f"{started_at:.3f}",
             "capabilities": list(CAPABILITIES),
-            "cpu_limit": cpu_quantity(spec.cpus),
-            "memory_limit": memory_quantity(spec.memory),
-            "cpu_request": config.cpu_request,
-            "memory_request": config.memory_request,
+            "cpu_limit": container.cpu_limit,
+            "memory_limit": container.memory_limit,
+            "cpu_request": container.cpu_request,
+            "memory_request": container.memory_request,
             "ephemeral_storage": config.ephemeral_storage,
             "storage_class": config.storage_class,
             "pvc_size": config.pvc_size,
@@ -209,6 +362,15 @@ class Renderer:
         if not isinstance(obj, dict) or obj.get("kind") != kind:
             raise ConfigError(f"workspace template {filename} must render one {kind}")
         return obj
+
+
+def _mount_values(mount: Mount) -> dict[str, object]:
+    return {
+        "volume": mount.volume,
+        "path": mount.path,
+        "sub_path": mount.sub_path,
+        "size_limit": mount.size_limit,
+    }
 
 
 def _read(path: Path) -> str:
