@@ -16,6 +16,10 @@ channel 3, as the kubelet does.
 
 Every request is recorded with the RBAC words the API server would authorize
 it with, for the test that compares them with the chart's ClusterRole.
+
+The runtime also reads the commit it runs (the devfile) and bundles new commits
+for ``sync`` with git on the bot's side; :func:`mr_source` gives it a merge
+request served over smart HTTP by the GitLab double, with the bot's token.
 """
 
 from __future__ import annotations
@@ -676,6 +680,30 @@ class KubeDouble:
                 "lastTimestamp": f"2030-01-01T00:00:{n:02d}Z",
                 "count": 1,
             }
+
+
+def mr_source(
+    gitlab: Any,
+    path: str = "group/app",
+    files: dict[str, str | None] | None = None,
+) -> tuple[Any, Obj]:
+    """A project at ``path`` on the GitLab double with an MR adding ``files``;
+    the workspace ``Source`` of its head, and the MR."""
+    from bot.runtime import base
+
+    project = gitlab.add_project(path, files={"README.md": "hello\n"})
+    author = gitlab.add_user(f"author-{secrets.token_hex(3)}")
+    mr = gitlab.open_mr(
+        project, "feature/x", files or {"app.py": "print(1)\n"}, author=author
+    )
+    source = base.Source(
+        url=gitlab.git_url(project),
+        ref=f"refs/merge-requests/{mr['iid']}/head",
+        sha=mr["sha"],
+        path=path,
+        token=gitlab.token,
+    )
+    return source, mr
 
 
 def api_client(double: KubeDouble) -> Any:

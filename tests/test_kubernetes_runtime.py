@@ -31,6 +31,7 @@ from bot.runtime.kube import manifests
 from bot.runtime.kubernetes import KubernetesConfig, KubernetesRuntime, config_from_env
 from bot.settings import SettingsError
 from tests import kube_double
+from tests.gitlab_double import GitLabDouble
 from tests.kube_double import KubeDouble, PodBehaviour
 from tests.services import free_port, wait_for
 
@@ -40,15 +41,22 @@ NAMESPACE = "rwbot-test-p7-mr3"
 TOKEN = "glpat-short-lived-clone-token"
 
 
-def make_spec(generation: int = 1, key: base.WorkspaceKey = KEY) -> base.Spec:
-    source = base.Source(
-        url="https://gitlab.example.com/group/app.git",
-        ref="feature/x",
-        sha="0123456789abcdef0123456789abcdef01234567",
-        path="group/app",
-        token=TOKEN,
-    )
+def make_spec(
+    source: base.Source, generation: int = 1, key: base.WorkspaceKey = KEY
+) -> base.Spec:
     return base.Spec(key=key, generation=generation, image="ws:1", source=source)
+
+
+@pytest.fixture(scope="module")
+def gitlab() -> Iterator[GitLabDouble]:
+    with GitLabDouble() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def source(gitlab: GitLabDouble) -> base.Source:
+    """An MR without a devfile, served by the GitLab double."""
+    return kube_double.mr_source(gitlab)[0]
 
 
 @pytest.fixture
@@ -80,8 +88,8 @@ def phase_is(runtime: KubernetesRuntime, phase: base.Phase) -> base.Status | Non
     return found if found.phase is phase else None
 
 
-def running(runtime: KubernetesRuntime) -> None:
-    runtime.ensure_running(make_spec())
+def running(runtime: KubernetesRuntime, source: base.Source) -> None:
+    runtime.ensure_running(make_spec(source))
     wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "workspace running")
 
 
@@ -102,9 +110,9 @@ def read_until(terminal: base.Terminal, wanted: bytes) -> bytes:
 
 
 def test_create_makes_a_labelled_namespace_with_every_object(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    status = runtime.ensure_running(make_spec(generation=4))
+    status = runtime.ensure_running(make_spec(source, generation=4))
 
     assert status == base.Status(base.Phase.STARTING, generation=4)
     labels = double.must("", "namespaces", "", NAMESPACE)["metadata"]["labels"]
@@ -127,11 +135,11 @@ def test_create_makes_a_labelled_namespace_with_every_object(
 
 
 def test_ready_workspace_runs_commands_as_the_given_user(
-    runtime: KubernetesRuntime,
+    runtime: KubernetesRuntime, source: base.Source
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("runuser needs root, as rwctl has in the workspace")
-    running(runtime)
+    running(runtime, source)
 
     result = runtime.exec(KEY, ["id", "-un"], user="nobody")
 
@@ -140,9 +148,9 @@ def test_ready_workspace_runs_commands_as_the_given_user(
 
 
 def test_exec_returns_both_streams_and_the_exit_code(
-    runtime: KubernetesRuntime,
+    runtime: KubernetesRuntime, source: base.Source
 ) -> None:
-    running(runtime)
+    running(runtime, source)
 
     result = runtime.exec(KEY, ["sh", "-c", "echo out; echo err >&2; exit 3"])
 
@@ -151,9 +159,9 @@ def test_exec_returns_both_streams_and_the_exit_code(
 
 
 def test_exec_of_a_missing_program_reports_cannot_execute(
-    runtime: KubernetesRuntime,
+    runtime: KubernetesRuntime, source: base.Source
 ) -> None:
-    running(runtime)
+    running(runtime, source)
 
     result = runtime.exec(KEY, ["/nonexistent/tool"])
 
@@ -161,8 +169,10 @@ def test_exec_of_a_missing_program_reports_cannot_execute(
     assert b"/nonexistent/tool" in result.output
 
 
-def test_terminal_echoes_input_and_applies_resizes(runtime: KubernetesRuntime) -> None:
-    running(runtime)
+def test_terminal_echoes_input_and_applies_resizes(
+    runtime: KubernetesRuntime, source: base.Source
+) -> None:
+    running(runtime, source)
     terminal = runtime.open_terminal(KEY, ["sh"], rows=24, cols=80)
     try:
         terminal.write(b"echo hi\n")
@@ -189,9 +199,9 @@ def _drained(terminal: base.Terminal) -> bool:
 
 
 def test_stop_scales_to_zero_and_keeps_the_volume_then_start_brings_it_back(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    running(runtime)
+    running(runtime, source)
 
     runtime.stop(KEY)
 
@@ -201,7 +211,7 @@ def test_stop_scales_to_zero_and_keeps_the_volume_then_start_brings_it_back(
     assert double.get("", "persistentvolumeclaims", NAMESPACE, "workspace-data")
     assert runtime.status(KEY) == base.Status(base.Phase.STOPPED, generation=1)
 
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
 
     assert (
         double.must("apps", "deployments", NAMESPACE, "workspace")["spec"]["replicas"]
@@ -213,9 +223,9 @@ def test_stop_scales_to_zero_and_keeps_the_volume_then_start_brings_it_back(
 
 
 def test_remove_deletes_the_namespace_and_may_be_repeated(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    running(runtime)
+    running(runtime, source)
 
     runtime.remove(KEY)
     runtime.remove(KEY)
@@ -227,21 +237,21 @@ def test_remove_deletes_the_namespace_and_may_be_repeated(
 
 
 def test_ensure_running_on_a_running_workspace_changes_nothing(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    running(runtime)
+    running(runtime, source)
     before = len(double.calls)
 
-    assert runtime.ensure_running(make_spec()).phase is base.Phase.RUNNING
+    assert runtime.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
     writes = [c for c in double.calls[before:] if c.verb not in ("get", "list")]
     assert writes == []
 
 
 def test_workspace_is_starting_until_its_pod_is_ready(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
     double.behaviour = PodBehaviour.MANUAL
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
     assert runtime.status(KEY).phase is base.Phase.STARTING
 
     double.make_ready(NAMESPACE)
@@ -253,12 +263,12 @@ def test_workspace_is_starting_until_its_pod_is_ready(
 
 
 def test_credential_is_deleted_once_the_clone_has_finished(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
     double.behaviour = PodBehaviour.MANUAL
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
     secret = double.must("", "secrets", NAMESPACE, "clone-credential")
-    assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
+    assert base64.b64decode(secret["data"]["token"]).decode() == source.token
     runtime.status(KEY)
     assert double.get("", "secrets", NAMESPACE, "clone-credential") is not None
 
@@ -271,9 +281,9 @@ def test_credential_is_deleted_once_the_clone_has_finished(
 
 
 def test_credential_is_mounted_in_the_clone_step_only(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
     pod = double.must("apps", "deployments", NAMESPACE, "workspace")["spec"]["template"]
     (shell,) = pod["spec"]["containers"]
     (clone,) = pod["spec"]["initContainers"]
@@ -283,7 +293,7 @@ def test_credential_is_mounted_in_the_clone_step_only(
     assert "credential" in {m["name"] for m in clone["volumeMounts"]}
     assert "credential" not in {m["name"] for m in shell["volumeMounts"]}
     assert "envFrom" not in shell and "env" not in shell
-    assert TOKEN not in str(pod)
+    assert source.token not in str(pod)
 
 
 class _GitHandler(http.server.SimpleHTTPRequestHandler):
@@ -410,12 +420,12 @@ def test_clone_script_fetches_with_the_token_and_leaves_it_nowhere(
 
 
 def test_pod_that_never_becomes_ready_fails_after_the_timeout(
-    double: KubeDouble, config: KubernetesConfig
+    double: KubeDouble, config: KubernetesConfig, source: base.Source
 ) -> None:
     quick = KubernetesConfig(rwctl=config.rwctl, ready_timeout=0.3)
     runtime = KubernetesRuntime(kube_double.api_client(double), quick, "test")
     double.behaviour = PodBehaviour.NEVER_READY
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
 
     failed = wait_for(lambda: phase_is(runtime, base.Phase.FAILED), 10, "timeout")
 
@@ -427,14 +437,14 @@ def test_pod_that_never_becomes_ready_fails_after_the_timeout(
 
 
 def test_unschedulable_pod_is_starting_until_the_timeout_then_failed(
-    double: KubeDouble, config: KubernetesConfig
+    double: KubeDouble, config: KubernetesConfig, source: base.Source
 ) -> None:
     now = [1_000.0]
     runtime = KubernetesRuntime(
         kube_double.api_client(double), config, "test", clock=lambda: now[0]
     )
     double.behaviour = PodBehaviour.UNSCHEDULABLE
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
     now[0] += config.ready_timeout
     assert runtime.status(KEY).phase is base.Phase.STARTING
 
@@ -478,15 +488,16 @@ def test_pod_failures_fail_the_workspace_at_once_with_the_pods_words(
     double: KubeDouble,
     behaviour: PodBehaviour,
     reason: str,
+    source: base.Source,
 ) -> None:
     double.behaviour = behaviour
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
 
     assert runtime.status(KEY) == base.Status(base.Phase.FAILED, reason, generation=1)
 
 
 def test_missing_permission_is_a_config_error_naming_it(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
     double.deny("create", "apps", "deployments")
 
@@ -495,13 +506,13 @@ def test_missing_permission_is_a_config_error_naming_it(
         match=r"may not create deployments\.apps in namespace "
         r"rwbot-test-p7-mr3; grant it in the bot's ClusterRole",
     ):
-        runtime.ensure_running(make_spec())
+        runtime.ensure_running(make_spec(source))
 
 
 def test_missing_exec_permission_is_a_config_error(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    running(runtime)
+    running(runtime, source)
     double.deny("create", "", "pods/exec")
 
     with pytest.raises(ConfigError, match="may not create pods/exec"):
@@ -509,14 +520,14 @@ def test_missing_exec_permission_is_a_config_error(
 
 
 def test_server_error_is_temporary_and_the_retry_adopts_what_was_made(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
     double.fail_once("create", "apps", "deployments", 503)
     with pytest.raises(TemporaryError, match="unavailable for create deployments"):
-        runtime.ensure_running(make_spec())
+        runtime.ensure_running(make_spec(source))
     pvc = double.must("", "persistentvolumeclaims", NAMESPACE, "workspace-data")
 
-    status = runtime.ensure_running(make_spec())
+    status = runtime.ensure_running(make_spec(source))
 
     assert status.phase is base.Phase.STARTING
     updates = {c.resource for c in double.calls if c.verb == "update"}
@@ -543,44 +554,47 @@ def test_unreachable_api_is_temporary(config: KubernetesConfig) -> None:
 
 
 def test_exec_without_a_running_pod_is_temporary(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
     double.behaviour = PodBehaviour.MANUAL
-    runtime.ensure_running(make_spec())
+    runtime.ensure_running(make_spec(source))
 
     with pytest.raises(TemporaryError, match="no running pod"):
         runtime.exec(KEY, ["true"])
 
 
 def test_new_generation_replaces_the_old_namespace(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    running(runtime)
+    running(runtime, source)
 
-    assert runtime.ensure_running(make_spec(generation=2)).phase is base.Phase.STARTING
+    assert (
+        runtime.ensure_running(make_spec(source, generation=2)).phase
+        is base.Phase.STARTING
+    )
     assert double.get("", "namespaces", "", NAMESPACE) is None  # the old one went
-    runtime.ensure_running(make_spec(generation=2))
+    runtime.ensure_running(make_spec(source, generation=2))
 
     wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "new generation")
     assert runtime.status(KEY).generation == 2
 
 
 def test_a_namespace_that_is_not_ours_is_neither_adopted_nor_deleted(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
     double.seed("", "namespaces", {"metadata": {"name": NAMESPACE, "labels": {}}})
 
     with pytest.raises(ConfigError, match="is not this bot's"):
-        runtime.ensure_running(make_spec())
+        runtime.ensure_running(make_spec(source))
     with pytest.raises(ConfigError, match="is not this bot's"):
         runtime.remove(KEY)
     assert double.get("", "namespaces", "", NAMESPACE) is not None
 
 
 def test_bad_clone_source_is_refused_before_anything_is_made(
-    runtime: KubernetesRuntime, double: KubeDouble
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
 ) -> None:
-    spec = make_spec()
+    spec = make_spec(source)
     bad = base.Source("https://user:pw@gitlab.example.com/g/a.git", "main", "", "g/a")
 
     with pytest.raises(PermanentError, match="must not carry credentials"):
@@ -606,9 +620,12 @@ def test_list_ours_finds_namespaces_by_label_and_remove_clears_them(
 
 
 def test_orphan_of_a_lost_store_is_found_and_removed_by_a_fresh_bot(
-    runtime: KubernetesRuntime, double: KubeDouble, config: KubernetesConfig
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    config: KubernetesConfig,
+    source: base.Source,
 ) -> None:
-    running(runtime)  # then the bot restarts with an empty store
+    running(runtime, source)  # then the bot restarts with an empty store
     fresh = KubernetesRuntime(kube_double.api_client(double), config, "test")
 
     (orphan,) = list(fresh.list_ours())

@@ -31,6 +31,7 @@ from bot.runtime.kubernetes import (
     KubernetesRuntime,
 )
 from tests import kube_double
+from tests.gitlab_double import GitLabDouble
 from tests.kube_double import KubeDouble, PodBehaviour
 from tests.services import wait_for
 
@@ -431,29 +432,30 @@ def test_notes_give_the_webhook_url_and_oauth_redirect_uri() -> None:
 # -- RBAC ------------------------------------------------------------------------------
 
 
-def exercise_every_call(double: KubeDouble, rwctl: Path) -> None:
+def exercise_every_call(double: KubeDouble, rwctl: Path, source: base.Source) -> None:
     """A full lifecycle, including the paths that only retries and failures take."""
     runtime = KubernetesRuntime(
         kube_double.api_client(double), KubernetesConfig(rwctl=rwctl), "prod"
     )
     key = base.WorkspaceKey(7, 3)
+    served = base.Spec(key, 2, "registry.example.com/ws:1", source)
     runtime.ping()
 
     double.fail_once("create", "apps", "deployments", 503)
     with pytest.raises(Exception, match="unavailable"):
-        runtime.ensure_running(spec())
-    runtime.ensure_running(spec())  # adopts (replaces) what the first attempt made
+        runtime.ensure_running(served)
+    runtime.ensure_running(served)  # adopts (replaces) what the first attempt made
     wait_for(lambda: runtime.status(key).phase is base.Phase.RUNNING, 10, "running")
     runtime.exec(key, ["true"])
     terminal = runtime.open_terminal(key, ["sh"], rows=24, cols=80)
     terminal.close()
     runtime.stop(key)
-    runtime.ensure_running(spec())
+    runtime.ensure_running(served)
     list(runtime.list_ours())
     runtime.remove(key)
 
     double.behaviour = PodBehaviour.IMAGE_PULL
-    runtime.ensure_running(spec())
+    runtime.ensure_running(served)
     assert runtime.status(key).phase is base.Phase.FAILED  # reads the events
     runtime.remove(key)
 
@@ -470,8 +472,8 @@ def chart_rules(values: Obj) -> set[tuple[str, str, str]]:
 
 
 def test_cluster_role_grants_exactly_what_the_runtime_uses(rwctl: Path) -> None:
-    with KubeDouble().running() as double:
-        exercise_every_call(double, rwctl)
+    with GitLabDouble() as gitlab, KubeDouble().running() as double:
+        exercise_every_call(double, rwctl, kube_double.mr_source(gitlab)[0])
 
     assert double.rbac() == chart_rules({})
     assert chart_rules(full_values()) == chart_rules({})

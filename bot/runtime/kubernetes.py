@@ -12,21 +12,30 @@ Why a Deployment and not a StatefulSet: the volume is an ordinary PVC we create
 ourselves, so it outlives scaling either way, and a StatefulSet whose pod is
 broken needs the pod deleted by hand before a fixed template rolls out, while a
 Deployment with the Recreate strategy simply replaces it.
+
+A devfile in the commit is read by the bot before the Deployment is written
+(:mod:`bot.runtime.kube.checkout`) and shapes its container; its postStart
+commands run over exec once the pod is ready, in every new pod (each has a new
+root filesystem), and the workspace counts as running only after they have.
+``sync`` sends a git bundle through exec's stdin.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes import config as kube_config
 
+from bot import accounts, git
 from bot.errors import ConfigError, TemporaryError
-from bot.runtime import base
-from bot.runtime.kube import api, diagnose, manifests, stream
+from bot.runtime import base, workspace
+from bot.runtime.kube import api, checkout, diagnose, manifests, stream
 from bot.runtime.kube.config import KubernetesConfig, config_from_env
 
 __all__ = ["KubernetesConfig", "KubernetesRuntime", "config_from_env"]
@@ -37,6 +46,24 @@ log = logging.getLogger(__name__)
 SUPPORTED_KUBERNETES = ("1.29", "1.37")
 
 _PAGE = 500
+
+#: Runs in the postStart command's directory (a devfile's workingDir, else the
+#: checkout): exec has no working directory of its own.
+_IN_DIRECTORY = 'cd "$1" || exit; shift; exec sh -c "$@"'
+#: Reads a bundle of exactly $2 bytes from stdin (exec over WebSocket cannot
+#: close stdin), then fast-forwards the checkout $1 to $3; git refuses, and
+#: changes nothing, when local changes or local commits would be affected. The
+#: file is made by mktemp (a new name, mode 0600), so nothing a user planted in
+#: /tmp can stand in for it.
+_SYNC_SCRIPT = (
+    'umask 002; cd "$1" || exit 1; '
+    "bundle=$(mktemp /tmp/rwbot-sync.XXXXXXXX) || exit 1; "
+    'head -c "$2" >"$bundle"; '
+    'if [ "$(wc -c <"$bundle" | tr -d " ")" != "$2" ]; then '
+    'echo "the commits arrived incomplete" >&2; rm -f "$bundle"; exit 1; fi; '
+    'git fetch -q "$bundle" "+refs/heads/mr-head:refs/remotes/origin/mr-head" '
+    '&& git merge --ff-only -q "$3"; rc=$?; rm -f "$bundle"; exit $rc'
+)
 
 
 class KubernetesRuntime(base.Runtime):
@@ -87,7 +114,17 @@ class KubernetesRuntime(base.Runtime):
             self._delete_namespace(namespace)
             return base.Status(base.Phase.STARTING, generation=spec.generation)
 
-        objects = self._renderer.render(spec, started_at=self._clock())
+        manifests.check_source(spec.source)
+        deployment = None if current is None else self._read_deployment(namespace)
+        if deployment is not None:
+            return self._resume(spec, namespace, deployment)
+
+        # The devfile is read from the commit being run before anything is
+        # made, so a devfile that cannot be used leaves nothing behind.
+        shape = manifests.shape_for(
+            spec, self._config, checkout.devfile_plan(spec.source, spec.devfile)
+        )
+        objects = self._renderer.render(spec, started_at=self._clock(), shape=shape)
         if current is None:
             made = self._create(
                 "namespaces", self._core.create_namespace, objects["Namespace"]
@@ -113,13 +150,79 @@ class KubernetesRuntime(base.Runtime):
             )
             if created is not None:
                 log.info("workspace created", extra={"namespace": namespace})
-                return base.Status(base.Phase.STARTING, generation=spec.generation)
+                return base.Status(
+                    base.Phase.STARTING, generation=spec.generation, notes=shape.notes
+                )
             deployment = self._read_deployment(namespace) or {}
+        return self._resume(spec, namespace, deployment)
 
+    def _resume(
+        self, spec: base.Spec, namespace: str, deployment: dict[str, Any]
+    ) -> base.Status:
+        """An existing workspace: finish preparing it if its pod is ready, else
+        start it if it is stopped."""
         if (deployment.get("spec") or {}).get("replicas"):
+            pod = self._ready_pod(namespace)
+            if pod is not None and _post_start_pending(deployment, pod):
+                notes = self._post_start(namespace, deployment, pod)
+                return base.Status(
+                    base.Phase.RUNNING, generation=spec.generation, notes=notes
+                )
             return self.status(spec.key)
+
+        # Only the objects that do not describe the container are refreshed:
+        # the quota and limit range follow the container as it was created.
+        shape = manifests.created_shape(
+            deployment, manifests.shape_for(spec, self._config, None)
+        )
+        objects = self._renderer.render(spec, started_at=self._clock(), shape=shape)
         self._start(namespace, objects, deployment)
         return base.Status(base.Phase.STARTING, generation=spec.generation)
+
+    def _post_start(
+        self, namespace: str, deployment: dict[str, Any], pod: dict[str, Any]
+    ) -> tuple[str, ...]:
+        """Run the devfile's postStart commands in order in ``pod``, output to
+        the log in the workspace, as the Docker runtime does; a failing one is
+        reported and the rest still run. Returns every note of the workspace."""
+        steps = manifests.post_start_of(deployment)
+        notes = list(manifests.notes_of(deployment))
+        for step in steps:
+            argv = [
+                "sh",
+                "-c",
+                _IN_DIRECTORY,
+                "post-start",
+                step.directory,
+                workspace.POST_START_SCRIPT,
+                "post-start",
+                step.command_line,
+                workspace.POST_START_LOG,
+            ]
+            ws = self._exec.open(namespace, pod["metadata"]["name"], argv, tty=False)
+            try:
+                code = stream.run(ws, self._config.exec_timeout).exit_code
+            except TemporaryError as err:
+                notes.append(f"postStart command {step.id} did not finish: {err}")
+                continue
+            if code != 0:
+                notes.append(
+                    f"postStart command {step.id} failed (exit {code}); its "
+                    f"output is in {workspace.POST_START_LOG}"
+                )
+        notes.append(
+            f"Ran {len(steps)} postStart command(s); output in "
+            f"{workspace.POST_START_LOG}"
+        )
+        self._patch_deployment(
+            namespace,
+            {"metadata": {"annotations": {manifests.POST_START_POD: _uid(pod)}}},
+        )
+        log.info(
+            "post-start commands ran",
+            extra={"namespace": namespace, "commands": len(steps)},
+        )
+        return tuple(notes)
 
     def _start(
         self, namespace: str, objects: dict[str, Any], deployment: dict[str, Any]
@@ -170,7 +273,11 @@ class KubernetesRuntime(base.Runtime):
             diagnose.clone_finished(p) for p in pods
         ):
             self._forget_credential(namespace)
-        if any(diagnose.is_ready(p) for p in pods):
+        ready = [p for p in pods if diagnose.is_ready(p)]
+        if ready and _post_start_pending(deployment, ready[0]):
+            # Ready, but not prepared: ensure_running runs the commands.
+            return base.Status(base.Phase.STARTING, generation=generation)
+        if ready:
             return base.Status(base.Phase.RUNNING, generation=generation)
 
         found = diagnose.problem(pods)
@@ -241,6 +348,33 @@ class KubernetesRuntime(base.Runtime):
         ws = self._exec.open(namespace, pod, argv, tty=False)
         return stream.run(ws, self._config.exec_timeout)
 
+    def sync(
+        self, key: base.WorkspaceKey, source: base.Source, checkout_dir: str
+    ) -> base.ExecResult:
+        """Fast-forward the checkout to ``source.sha`` with a bundle of only the
+        new commits, made by the bot (:func:`bot.git.bundle`) and sent through
+        exec's stdin, so the workspace needs neither a credential nor a route
+        to GitLab."""
+        head = self.exec(key, ["git", "-C", checkout_dir, "rev-parse", "-q", "HEAD"])
+        since = head.output.decode(errors="replace").strip()
+        if head.exit_code != 0 or not _is_commit_id(since):
+            since = source.sha
+        with tempfile.TemporaryDirectory(prefix="rwbot-sync-") as tmp:
+            path = Path(tmp) / "sync.bundle"
+            git.bundle(source.url, source.ref, source.sha, since, source.token, path)
+            data = path.read_bytes()
+
+        namespace, pod = self._running_pod(key)
+        argv = ["sh", "-c", _SYNC_SCRIPT, "sync", checkout_dir, str(len(data))]
+        ws = self._exec.open(namespace, pod, [*argv, source.sha], tty=False, stdin=True)
+        return stream.run(ws, self._config.exec_timeout, stdin=data)
+
+    @property
+    def uid_policy(self) -> accounts.UidPolicy:
+        """In a user namespace (``hostUsers: false``) a pod maps only uids
+        0-65535, so uids are chosen by the tool in the workspace."""
+        return "gitlab-id" if self._config.host_users else "auto"
+
     def open_terminal(
         self, key: base.WorkspaceKey, argv: Sequence[str], *, rows: int, cols: int
     ) -> base.Terminal:
@@ -251,12 +385,14 @@ class KubernetesRuntime(base.Runtime):
 
     def _running_pod(self, key: base.WorkspaceKey) -> tuple[str, str]:
         namespace = self._renderer.namespace(key)
-        pods = [
-            p for p in diagnose.live(self._list_pods(namespace)) if diagnose.is_ready(p)
-        ]
-        if not pods:
+        pod = self._ready_pod(namespace)
+        if pod is None:
             raise TemporaryError(f"workspace {namespace} has no running pod")
-        return namespace, pods[0]["metadata"]["name"]
+        return namespace, pod["metadata"]["name"]
+
+    def _ready_pod(self, namespace: str) -> dict[str, Any] | None:
+        pods = diagnose.live(self._list_pods(namespace))
+        return next((p for p in pods if diagnose.is_ready(p)), None)
 
     # -- API helpers ---------------------------------------------------------
 
@@ -416,6 +552,20 @@ def _generation(obj: dict[str, Any]) -> int:
         return int(labels.get(base.LABEL_GENERATION, 0))
     except ValueError:
         return 0
+
+
+def _post_start_pending(deployment: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """The devfile has postStart commands that have not run in ``pod`` yet."""
+    ran_in = _annotation(deployment, manifests.POST_START_POD)
+    return bool(manifests.post_start_of(deployment)) and ran_in != _uid(pod)
+
+
+def _uid(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or pod["metadata"]["name"])
+
+
+def _is_commit_id(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
 
 
 def _terminating(namespace: dict[str, Any]) -> bool:

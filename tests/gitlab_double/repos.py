@@ -141,7 +141,12 @@ class Repos:
         )
 
     def merge_base(self, repo: Path, one: str, other: str) -> str:
-        return self.run(repo, "merge-base", one, other)
+        """The best common ancestor, or "" when the histories are unrelated (a
+        "fork" made as a separate project whose first commit differs)."""
+        try:
+            return self.run(repo, "merge-base", one, other)
+        except GitError:
+            return ""
 
     def merge(self, repo: Path, branch: str, sha: str, message: str) -> str:
         """Merge commit ``sha`` into ``branch``, like GitLab's merge method "merge".

@@ -222,7 +222,8 @@ def post_start_of(deployment: Mapping[str, Any]) -> tuple[PostStart, ...]:
 
 
 def notes_of(deployment: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(str(n) for n in json.loads(_annotations(deployment).get(NOTES) or "[]"))
+    notes = json.loads(_annotations(deployment).get(NOTES) or "[]")
+    return tuple(str(note) for note in notes)
 
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:

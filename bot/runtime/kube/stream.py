@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 #: Exit code reported when the runtime could not start the command at all
 #: (the shell's "cannot execute"); the Status message is appended to the output.
 CANNOT_EXECUTE = 126
+#: Stdin is sent in messages of this size, reading output in between.
+_STDIN_CHUNK = 64 * 1024
 
 
 def exit_code(status: bytes) -> tuple[int, str]:
@@ -69,8 +71,15 @@ class Connector:
         self._lock = threading.Lock()
 
     def open(
-        self, namespace: str, pod: str, argv: Sequence[str], *, tty: bool
+        self,
+        namespace: str,
+        pod: str,
+        argv: Sequence[str],
+        *,
+        tty: bool,
+        stdin: bool = False,
     ) -> WSClient:
+        """A terminal always has stdin; a plain command only when asked."""
         try:
             with self._lock:
                 ws: WSClient = stream(
@@ -79,7 +88,7 @@ class Connector:
                     namespace,
                     command=list(argv),
                     container=CONTAINER,
-                    stdin=tty,
+                    stdin=tty or stdin,
                     stdout=True,
                     stderr=not tty,  # the API server refuses stderr with a TTY
                     tty=tty,
@@ -91,10 +100,17 @@ class Connector:
         return ws
 
 
-def run(ws: WSClient, timeout: float) -> base.ExecResult:
-    """Wait for a non-interactive command; stdout and stderr in arrival order."""
+def run(ws: WSClient, timeout: float, stdin: bytes = b"") -> base.ExecResult:
+    """Send ``stdin``, then wait for a non-interactive command; stdout and
+    stderr in arrival order.
+
+    The ``v4.channel.k8s.io`` protocol has no way to close stdin, so a command
+    fed this way must know how much to read (``head -c N``)."""
     deadline = time.monotonic() + timeout
     try:
+        for start in range(0, len(stdin), _STDIN_CHUNK):
+            ws.write_stdin(stdin[start : start + _STDIN_CHUNK])
+            ws.update(timeout=0)
         while ws.is_open():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
