@@ -77,12 +77,12 @@ def join(
     person: Person,
     key: WorkspaceKey,
 ) -> Joined:
-    ws = _workspace(store, key)
+    ws = workspace(store, key)
     role = check_access(settings, store, gitlab, runtime, person, ws)
 
     keys = accounts.usable_keys(gitlab.ssh_keys(person.id, utcnow()))
     # Someone renamed on GitLab keeps the account (and uid) they already have.
-    name = _known_name(store, ws, person.id) or accounts.linux_name(
+    name = member_name(store, ws, person.id, locked_too=True) or accounts.linux_name(
         person.username, person.id
     )
     uid = runtime.uid_policy
@@ -238,17 +238,20 @@ def lock(store: Store, runtime: Runtime, ws: Workspace, user_id: int) -> None:
     audit.record(store, ws.project_id, ws.mr_iid, name, "lock", "ok")
 
 
-def member_name(store: Store, ws: Workspace, user_id: int) -> str | None:
-    """The Linux account of a member who joined this generation, if any."""
+def member_name(
+    store: Store, ws: Workspace, user_id: int, *, locked_too: bool = False
+) -> str | None:
+    """The Linux account of a member who joined this generation, if any
+    (including a locked one with ``locked_too``: a rejoin reuses it)."""
+    query = sa.select(Member.linux_name).where(
+        Member.workspace_id == ws.id,
+        Member.gitlab_user_id == user_id,
+        Member.generation == ws.generation,
+    )
+    if not locked_too:
+        query = query.where(Member.locked.is_(False))
     with store.session() as session:
-        return session.scalar(
-            sa.select(Member.linux_name).where(
-                Member.workspace_id == ws.id,
-                Member.gitlab_user_id == user_id,
-                Member.generation == ws.generation,
-                Member.locked.is_(False),
-            )
-        )
+        return session.scalar(query)
 
 
 def members(store: Store, ws: Workspace) -> list[Member]:
@@ -266,18 +269,7 @@ def members(store: Store, ws: Workspace) -> list[Member]:
         )
 
 
-def _known_name(store: Store, ws: Workspace, user_id: int) -> str | None:
-    with store.session() as session:
-        return session.scalar(
-            sa.select(Member.linux_name).where(
-                Member.workspace_id == ws.id,
-                Member.gitlab_user_id == user_id,
-                Member.generation == ws.generation,
-            )
-        )
-
-
-def _workspace(store: Store, key: WorkspaceKey) -> Workspace:
+def workspace(store: Store, key: WorkspaceKey) -> Workspace:
     with store.session() as session:
         ws = session.scalars(
             sa.select(Workspace).where(
@@ -289,10 +281,6 @@ def _workspace(store: Store, key: WorkspaceKey) -> Workspace:
             "There is no review workspace for this merge request.", Refusal.NO_WORKSPACE
         )
     return ws
-
-
-def workspace(store: Store, key: WorkspaceKey) -> Workspace:
-    return _workspace(store, key)
 
 
 def _adduser(
