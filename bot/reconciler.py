@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 RECONCILE_SECONDS = Histogram(
     "rwbot_reconcile_seconds", "Time to converge one workspace", ["outcome"]
 )
+#: Seconds between looks at a workspace the runtime is still starting.
+STARTING_POLL = 2.0
 #: Temporary failures in a row after which the comment says the bot is retrying.
 SAY_RETRYING_AFTER = 3
 
@@ -239,6 +241,19 @@ class Reconciler:
         if started.notes or not current:
             ws.notices = "\n".join(started.notes)
         ws.running_sha = ws.running_sha if current and ws.running_sha else plan.sha
+        if started.phase == RuntimePhase.FAILED:
+            raise PermanentError(started.reason or "the workspace did not start")
+        if started.phase != RuntimePhase.RUNNING:
+            # A runtime that starts asynchronously (Kubernetes) is polled
+            # until ready; it finishes preparing on one of these calls.
+            self.next_check = utcnow() + dt.timedelta(seconds=STARTING_POLL)
+            return {
+                "phase": Phase.STARTING,
+                "reason": "",
+                "running_sha": ws.running_sha,
+                "restart": False,
+                "notices": ws.notices,
+            }
         return {
             "phase": Phase.READY,
             "reason": "",

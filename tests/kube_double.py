@@ -11,8 +11,10 @@ A Deployment with replicas > 0 gets one pod whose status follows
 :class:`PodBehaviour` (ready at once, ready when the test says so, or one of the
 failures a cluster shows). ``pods/exec`` is a real ``v4.channel.k8s.io``
 WebSocket: the command runs as a local subprocess (on a PTY when ``tty=true``;
-channel 4 resizes apply TIOCSWINSZ), and the stream ends with a v1 Status on
-channel 3, as the kubelet does.
+channel 4 resizes apply TIOCSWINSZ; channel 0 feeds its stdin when
+``stdin=true``, and is dropped otherwise), and the stream ends with a v1 Status
+on channel 3, as the kubelet does. As in v4, stdin is never closed: a command
+reads as much as it was told to.
 
 Every request is recorded with the RBAC words the API server would authorize
 it with, for the test that compares them with the chart's ClusterRole.
@@ -25,6 +27,7 @@ request served over smart HTTP by the GitLab double, with the bot's token.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import enum
 import fcntl
@@ -40,7 +43,6 @@ import termios
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -211,7 +213,7 @@ class KubeDouble:
 
     # -- serving ---------------------------------------------------------------
 
-    @contextmanager
+    @contextlib.contextmanager
     def running(self) -> Iterator[KubeDouble]:
         server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{server.server_port}"
@@ -801,8 +803,12 @@ class _Exec:
             if self._master is not None:
                 os.write(self._master, payload)
             elif proc.stdin is not None and not proc.stdin.closed:
-                proc.stdin.write(payload)
-                proc.stdin.flush()
+                try:
+                    proc.stdin.write(payload)
+                    proc.stdin.flush()
+                except BrokenPipeError:  # the command stopped reading
+                    with contextlib.suppress(OSError):
+                        proc.stdin.close()
         elif channel == 4 and self._master is not None:
             size = json.loads(payload)
             fcntl.ioctl(

@@ -5,12 +5,15 @@ names, leading digits, long and hostile usernames; properties of the mapping ove
 any username (valid, deterministic, at most 32, never reserved, different GitLab
 ids never share a name); the fallback name; uids; roles from access levels;
 commit emails (commit, public, no-reply, invalid skipped); key filtering; the argv
-of every verb; parsing ``rwctl users``.
+of every verb (``--uid auto`` too); parsing ``rwctl users``; joining asks the tool
+for the uid policy the runtime names (against the GitLab double and a recording
+runtime).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,12 @@ from hypothesis import strategies as st
 
 from bot import accounts, provision
 from bot.accounts import Role
+from bot.gitlab import Client
+from bot.lifecycle import Desired, Phase
+from bot.runtime import base
 from bot.settings import Settings
+from bot.store import Store, Workspace
+from tests.gitlab_double import DEVELOPER, GitLabDouble
 
 VALID = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
@@ -227,6 +235,106 @@ def test_adduser_argv_carries_every_value_as_its_own_argument() -> None:
         "--key", "ssh-ed25519 AAAA k1",
         "--key", "ssh-rsa BBBB k2",
     ]  # fmt: skip
+
+
+def test_adduser_argv_leaves_the_uid_to_the_tool_when_auto() -> None:
+    argv = accounts.adduser_argv(
+        name="alice",
+        gitlab_user_id=7,
+        gitlab_username="alice",
+        role=Role.READ,
+        git_name="Alice",
+        git_email="a@x.org",
+        uid="auto",
+    )
+
+    assert argv[2:4] == ["--uid", "auto"]
+
+
+class RecordingRuntime(base.Runtime):
+    """Answers every exec with success and remembers the argv; nothing else."""
+
+    def __init__(self, uid_policy: accounts.UidPolicy) -> None:
+        self._uid_policy = uid_policy
+        self.execs: list[list[str]] = []
+
+    @property
+    def uid_policy(self) -> accounts.UidPolicy:
+        return self._uid_policy
+
+    def exec(
+        self, key: base.WorkspaceKey, argv: Sequence[str], *, user: str = "root"
+    ) -> base.ExecResult:
+        self.execs.append(list(argv))
+        return base.ExecResult(0, b"")
+
+    def ensure_running(self, spec: base.Spec) -> base.Status:
+        raise NotImplementedError
+
+    def status(self, key: base.WorkspaceKey) -> base.Status:
+        raise NotImplementedError
+
+    def stop(self, key: base.WorkspaceKey) -> None:
+        raise NotImplementedError
+
+    def remove(self, key: base.WorkspaceKey) -> None:
+        raise NotImplementedError
+
+    def list_ours(self) -> Iterator[base.Listed]:
+        raise NotImplementedError
+
+    def open_terminal(
+        self, key: base.WorkspaceKey, argv: Sequence[str], *, rows: int, cols: int
+    ) -> base.Terminal:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(
+    ("policy", "uid"), [("gitlab-id", None), ("auto", "auto")], ids=["id", "auto"]
+)
+def test_joining_asks_the_tool_for_the_uid_the_runtime_wants(
+    tmp_path: Path, policy: accounts.UidPolicy, uid: str | None
+) -> None:
+    with GitLabDouble() as gitlab:
+        project = gitlab.add_project("team/app")
+        person = gitlab.add_user("rita")
+        gitlab.set_member(project, person, DEVELOPER)
+        settings = Settings(
+            gitlab_url=gitlab.url,
+            gitlab_token=gitlab.token,
+            webhook_secret="s",
+            public_url="http://bot",
+        )
+        store = Store(f"sqlite:///{tmp_path}/bot.db")
+        store.migrate()
+        with store.session() as session:
+            session.add(
+                Workspace(
+                    project_id=project["id"],
+                    mr_iid=1,
+                    project_path="team/app",
+                    project_http_url="",
+                    mr_state="opened",
+                    head_sha="a" * 40,
+                    desired=Desired.RUNNING,
+                    phase=Phase.READY,
+                )
+            )
+        runtime = RecordingRuntime(policy)
+
+        provision.join(
+            settings,
+            store,
+            Client(settings),
+            runtime,
+            provision.Person(person["id"], "rita", "Rita", ""),
+            base.WorkspaceKey(project["id"], 1),
+        )
+        store.dispose()
+
+    (argv,) = runtime.execs
+    assert argv[:2] == [accounts.TOOL_PATH, "adduser"]
+    assert argv[argv.index("--uid") + 1] == (uid or str(accounts.uid_for(person["id"])))
 
 
 def test_other_verbs_argv() -> None:

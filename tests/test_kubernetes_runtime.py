@@ -8,12 +8,19 @@ their image, fail to clone, crash or cannot be scheduled; the clone credential
 the clone script is run for real against a loopback git server); 403, 404, 409,
 5xx and connection errors; generation bumps; a namespace that is not ours; a
 lost store (``list_ours`` finds and ``remove`` clears); ``config_from_env``.
+Devfiles (read by the bot from the commit being run, served by the GitLab
+double): image, env, limits and volumes in the Deployment, notes, an unusable
+devfile or a commit gone from the MR making nothing, postStart commands run over
+exec once the pod is ready and again in a new pod. ``sync`` sends a bundle
+through exec's stdin: new commits arrive, local changes stop it with git's
+words. User namespaces make joins ask for ``--uid auto``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import http.server
 import os
@@ -21,12 +28,15 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 
+from bot import git
+from bot.devfile import DevfileError
 from bot.errors import ConfigError, PermanentError, TemporaryError
-from bot.runtime import base
+from bot.runtime import base, workspace
 from bot.runtime.kube import manifests
 from bot.runtime.kubernetes import KubernetesConfig, KubernetesRuntime, config_from_env
 from bot.settings import SettingsError
@@ -414,6 +424,244 @@ def test_clone_script_fetches_with_the_token_and_leaves_it_nowhere(
     leaked = subprocess.run(["grep", "-rl", TOKEN, str(dest)], capture_output=True)
     assert leaked.stdout == b""
     assert "already present" in again.stdout
+
+
+# -- devfiles -------------------------------------------------------------------------
+
+DEVFILE = """\
+schemaVersion: 2.2.0
+components:
+  - name: tools
+    attributes:
+      gl/inject-editor: true
+    container:
+      image: registry.example.com/node:22
+      memoryLimit: 1Gi
+      cpuRequest: 500m
+      env:
+        - {name: NODE_ENV, value: development}
+      endpoints:
+        - {name: web, targetPort: 3000}
+      volumeMounts:
+        - {name: cache, path: /cache}
+        - {name: scratch, path: /scratch}
+  - {name: cache, volume: {}}
+  - {name: scratch, volume: {ephemeral: true, size: 1Gi}}
+"""
+
+
+def workspace_pod(double: KubeDouble) -> dict[str, Any]:
+    deployment = double.must("apps", "deployments", NAMESPACE, "workspace")
+    return dict(deployment["spec"]["template"]["spec"])
+
+
+def test_devfile_in_the_commit_shapes_the_workspace_container_also_after_a_restart(
+    runtime: KubernetesRuntime, double: KubeDouble, gitlab: GitLabDouble
+) -> None:
+    source, _ = kube_double.mr_source(gitlab, "team/node", {".devfile.yaml": DEVFILE})
+
+    status = runtime.ensure_running(make_spec(source))
+
+    pod = workspace_pod(double)
+    (shell,) = pod["containers"]
+    (clone,) = pod["initContainers"]
+    assert shell["image"] == "registry.example.com/node:22"
+    assert clone["image"] == "ws:1"  # the clone step needs the admin's git
+    assert shell["env"] == [{"name": "NODE_ENV", "value": "development"}]
+    assert shell["resources"]["limits"]["memory"] == "1Gi"
+    assert shell["resources"]["requests"] == {"cpu": "500m", "memory": "512Mi"}
+    limit_range = double.must("", "limitranges", NAMESPACE, "workspace")
+    assert limit_range["spec"]["limits"][0]["max"]["memory"] == "1Gi"
+    mounts = {m["mountPath"]: m for m in shell["volumeMounts"]}
+    assert mounts["/cache"] == {
+        "name": "data",
+        "mountPath": "/cache",
+        "subPath": "devfile/cache",
+    }
+    scratch = next(v for v in pod["volumes"] if v["name"] == mounts["/scratch"]["name"])
+    assert scratch["emptyDir"] == {"sizeLimit": "1Gi"}
+    assert status.notes == ("devfile endpoints (web) are not exposed by the bot yet",)
+
+    runtime.stop(KEY)
+    runtime.ensure_running(make_spec(source))  # re-applies the limit range
+
+    limit_range = double.must("", "limitranges", NAMESPACE, "workspace")
+    assert limit_range["spec"]["limits"][0]["max"]["memory"] == "1Gi"
+    assert limit_range["spec"]["limits"][0]["defaultRequest"]["cpu"] == "500m"
+
+
+def test_devfile_is_read_at_the_commit_being_run_not_a_newer_head(
+    runtime: KubernetesRuntime, double: KubeDouble, gitlab: GitLabDouble
+) -> None:
+    source, mr = kube_double.mr_source(gitlab, "team/fork", {".devfile.yaml": DEVFILE})
+    gitlab.push(mr, {".devfile.yaml": DEVFILE.replace("node:22", "evil:1")})
+
+    runtime.ensure_running(make_spec(source))  # source.sha: the approved commit
+
+    (shell,) = workspace_pod(double)["containers"]
+    assert shell["image"] == "registry.example.com/node:22"
+
+
+def test_without_a_devfile_the_admins_image_and_limits_apply(
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
+) -> None:
+    status = runtime.ensure_running(make_spec(source))
+
+    (shell,) = workspace_pod(double)["containers"]
+    assert shell["image"] == "ws:1"
+    assert shell["resources"]["limits"]["memory"] == "2Gi"
+    assert status.notes == ()
+
+
+def test_unusable_devfile_fails_the_workspace_before_anything_is_made(
+    runtime: KubernetesRuntime, double: KubeDouble, gitlab: GitLabDouble
+) -> None:
+    source, _ = kube_double.mr_source(
+        gitlab, "team/bad", {".devfile.yaml": DEVFILE.replace("1Gi", "64Gi", 1)}
+    )
+    spec = dataclasses.replace(
+        make_spec(source), devfile=workspace.DevfilePolicy(max_memory="8Gi")
+    )
+
+    with pytest.raises(DevfileError, match="64Gi is more than this bot allows"):
+        runtime.ensure_running(spec)
+    assert double.items("", "namespaces") == []
+
+
+def test_commit_no_longer_in_the_merge_request_is_refused(
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
+) -> None:
+    gone = dataclasses.replace(source, sha="f" * 40)
+
+    with pytest.raises(PermanentError, match="no longer part of the merge request"):
+        runtime.ensure_running(make_spec(gone))
+    assert double.items("", "namespaces") == []
+
+
+def post_start_devfile(directory: Path) -> str:
+    return f"""\
+schemaVersion: 2.2.0
+components:
+  - name: tools
+    container: {{image: registry.example.com/node:22}}
+commands:
+  - id: install
+    exec:
+      component: tools
+      commandLine: echo "installed in $(pwd)" >> started
+      workingDir: {directory}
+  - id: broken
+    exec: {{component: tools, commandLine: exit 3, workingDir: {directory}}}
+events:
+  postStart: [install, broken]
+"""
+
+
+def test_post_start_commands_run_over_exec_once_the_pod_is_ready_in_every_pod(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    gitlab: GitLabDouble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The double runs exec on this machine: keep the log out of /var/log.
+    monkeypatch.setattr(workspace, "POST_START_LOG", str(tmp_path / "post-start.log"))
+    devfile = post_start_devfile(tmp_path)
+    source, _ = kube_double.mr_source(gitlab, "team/ps", {".devfile.yaml": devfile})
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec(source))
+    double.make_ready(NAMESPACE)
+
+    # Ready, but not prepared until ensure_running has run the commands.
+    assert runtime.status(KEY).phase is base.Phase.STARTING
+    done = runtime.ensure_running(make_spec(source))
+
+    assert done.phase is base.Phase.RUNNING
+    assert done.notes == (
+        f"postStart command broken failed (exit 3); its output is in "
+        f"{tmp_path}/post-start.log",
+        f"Ran 2 postStart command(s); output in {tmp_path}/post-start.log",
+    )
+    assert (tmp_path / "started").read_text() == f"installed in {tmp_path}\n"
+    log = (tmp_path / "post-start.log").read_text()
+    assert log.startswith('== echo "installed in $(pwd)" >> started\n')
+    assert runtime.status(KEY).phase is base.Phase.RUNNING
+    assert runtime.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
+
+    # A new pod has a new root filesystem: the commands run again there.
+    runtime.stop(KEY)
+    double.behaviour = PodBehaviour.READY
+    runtime.ensure_running(make_spec(source))
+    assert runtime.status(KEY).phase is base.Phase.STARTING
+    assert runtime.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
+    assert (tmp_path / "started").read_text().count("installed") == 2
+
+
+# -- sync ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(
+    runtime: KubernetesRuntime, gitlab: GitLabDouble, tmp_path: Path
+) -> tuple[base.Source, dict[str, object], Path]:
+    """A running workspace whose checkout (on this machine, where the double
+    runs exec) was cloned the way the clone step does it."""
+    source, mr = kube_double.mr_source(gitlab, f"team/sync-{tmp_path.name}")
+    dest = tmp_path / "checkout"
+    git.fetch_checkout(source.url, source.ref, source.sha, source.token, dest)
+    running(runtime, source)
+    return source, mr, dest
+
+
+def test_sync_brings_new_commits_through_exec_stdin(
+    runtime: KubernetesRuntime,
+    gitlab: GitLabDouble,
+    checkout: tuple[base.Source, dict[str, object], Path],
+) -> None:
+    source, mr, dest = checkout
+    (dest / "notes.txt").write_text("mine\n")  # untracked: left alone
+    new = gitlab.push(mr, {"lib.py": "v2\n"})
+
+    result = runtime.sync(KEY, dataclasses.replace(source, sha=new), str(dest))
+
+    assert result == base.ExecResult(0, b"")
+    assert (dest / "lib.py").read_text() == "v2\n"
+    assert _git("rev-parse", "HEAD", cwd=dest) == new
+    assert (dest / "notes.txt").read_text() == "mine\n"
+    assert list(Path("/tmp").glob("rwbot-sync.*")) == []
+
+
+def test_sync_that_would_touch_local_changes_changes_nothing_and_says_why(
+    runtime: KubernetesRuntime,
+    gitlab: GitLabDouble,
+    checkout: tuple[base.Source, dict[str, object], Path],
+) -> None:
+    source, mr, dest = checkout
+    (dest / "app.py").write_text("local\n")
+    new = gitlab.push(mr, {"app.py": "v2\n"})
+
+    result = runtime.sync(KEY, dataclasses.replace(source, sha=new), str(dest))
+
+    assert result.exit_code != 0
+    assert b"Your local changes to the following files would be overwritten" in (
+        result.output
+    )
+    assert (dest / "app.py").read_text() == "local\n"
+    assert _git("rev-parse", "HEAD", cwd=dest) == source.sha
+
+
+# -- uids ------------------------------------------------------------------------------
+
+
+def test_user_namespaces_make_joins_ask_the_tool_for_a_uid(
+    double: KubeDouble, config: KubernetesConfig
+) -> None:
+    isolated = dataclasses.replace(config, host_users=False)
+
+    def policy(c: KubernetesConfig) -> str:
+        return KubernetesRuntime(kube_double.api_client(double), c, "t").uid_policy
+
+    assert (policy(config), policy(isolated)) == ("gitlab-id", "auto")
 
 
 # -- failures --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Workspace manifests and the Helm chart, checked offline.
 
-Covers: every rendered workspace object (default and fully configured) and the
-chart rendered with default values and with ``tests/helm/full-values.yaml``
+Covers: every rendered workspace object (default, fully configured, and shaped
+by a devfile with env, limits, persistent and ephemeral volumes) and the chart
+rendered with default values and with ``tests/helm/full-values.yaml``
 validate strictly against the oldest and newest Kubernetes minor we claim
 (``SUPPORTED_KUBERNETES``); ``helm lint --strict`` is clean; our own rules
 (capabilities, no privilege escalation, seccomp, resources, labels, read-only
@@ -22,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bot import accounts
+from bot import accounts, devfile
 from bot.runtime import base
 from bot.runtime.kube import manifests
 from bot.runtime.kubernetes import (
@@ -70,11 +71,43 @@ def spec(ref: str = "feature/x", path: str = "group/app") -> base.Spec:
     return base.Spec(base.WorkspaceKey(7, 3), 2, "registry.example.com/ws:1", source)
 
 
+DEVFILE = """\
+schemaVersion: 2.2.0
+components:
+  - name: tools
+    container:
+      image: registry.example.com/node:22
+      memoryLimit: 256Mi
+      cpuLimit: "3"
+      env: [{name: NODE_ENV, value: development}]
+      volumeMounts:
+        - {name: cache, path: /cache}
+        - {name: scratch, path: /scratch/}
+        - {name: homes, path: /home}
+  - {name: cache, volume: {size: 5Gi}}
+  - {name: scratch, volume: {ephemeral: true}}
+  - {name: homes, volume: {}}
+commands:
+  - id: install
+    exec: {component: tools, commandLine: npm ci}
+events:
+  postStart: [install]
+"""
+
+
 def workspace_objects(
-    config: KubernetesConfig, the_spec: base.Spec | None = None
+    config: KubernetesConfig,
+    the_spec: base.Spec | None = None,
+    plan: devfile.Plan | None = None,
 ) -> dict[str, Obj]:
     renderer = manifests.Renderer(config, "prod")
-    return renderer.render(the_spec or spec(), started_at=1700000000.0)
+    the_spec = the_spec or spec()
+    shape = manifests.shape_for(the_spec, config, plan)
+    return renderer.render(the_spec, started_at=1700000000.0, shape=shape)
+
+
+def devfile_plan() -> devfile.Plan:
+    return devfile.workspace_plan(devfile.parse(DEVFILE))
 
 
 def chart_objects(values: Obj) -> list[Obj]:
@@ -119,13 +152,53 @@ def test_newest_claimed_version_is_the_newest_schema_we_have() -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("which", ["default", "full"])
+@pytest.mark.parametrize("which", ["default", "full", "devfile"])
 def test_workspace_manifests_validate_strictly(
     rwctl: Path, which: str, version: str
 ) -> None:
-    config = KubernetesConfig(rwctl=rwctl) if which == "default" else full_config(rwctl)
-    for obj in workspace_objects(config).values():
+    config = KubernetesConfig(rwctl=rwctl) if which != "full" else full_config(rwctl)
+    plan = devfile_plan() if which == "devfile" else None
+    for obj in workspace_objects(config, plan=plan).values():
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_devfile_shapes_the_workspace_container_and_its_limits(rwctl: Path) -> None:
+    objects = workspace_objects(KubernetesConfig(rwctl=rwctl), plan=devfile_plan())
+    deployment = objects["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (shell,) = pod["containers"]
+    (clone,) = pod["initContainers"]
+    annotations = deployment["metadata"]["annotations"]
+
+    assert (shell["image"], clone["image"]) == (
+        "registry.example.com/node:22",
+        "registry.example.com/ws:1",
+    )
+    assert shell["env"] == [{"name": "NODE_ENV", "value": "development"}]
+    # A request never exceeds its limit: the admin's 512Mi becomes 256Mi.
+    assert shell["resources"]["limits"]["memory"] == "256Mi"
+    assert shell["resources"]["requests"]["memory"] == "256Mi"
+    limits = objects["LimitRange"]["spec"]["limits"][0]
+    assert limits["max"]["cpu"] == "3"
+    assert limits["defaultRequest"]["memory"] == "256Mi"
+    assert objects["ResourceQuota"]["spec"]["hard"]["limits.memory"] == "256Mi"
+    mounts = [
+        m for m in shell["volumeMounts"] if m["mountPath"] in ("/cache", "/scratch")
+    ]
+    assert mounts == [
+        {"name": "data", "mountPath": "/cache", "subPath": "devfile/cache"},
+        {"name": "devfile-1", "mountPath": "/scratch"},
+    ]
+    assert {"name": "devfile-1", "emptyDir": {}} in pod["volumes"]
+    assert [m["mountPath"] for m in shell["volumeMounts"]].count("/home") == 1
+    assert annotations[manifests.POST_START] == (
+        '[["install", "npm ci", "/workspace/group/app"]]'
+    )
+    assert manifests.notes_of(deployment) == (
+        "devfile volume cache: its size (5Gi) is not reserved; it shares the "
+        "workspace's volume",
+        "devfile volume homes is not mounted: /home is already the workspace's own",
+    )
 
 
 def test_workspace_containers_keep_only_the_capabilities_rwctl_needs(

@@ -7,12 +7,14 @@ itself and drops privileges with su). Containers get the bot's hardening.
 
 Cases: init (checkout modes, idempotence, gid conflicts); adduser (uid, 0700
 home, gitconfig, authorized_keys, idempotence, key replacement, concurrent calls,
-role changes both ways, unlocking); checkout permissions for read and
-write users; homes private to their owner; shell as the user with no way back to
-root; lock (kills processes, refuses shell; needs CAP_KILL); refusing to take over
-reserved names, image accounts and uids of other GitLab users; bad input of every
-kind exits 2 and changes nothing (hypothesis); shell metacharacters in values never
-run.
+role changes both ways, unlocking); ``--uid auto`` (the lowest uid from 10000
+that no record, account or group has; the same one again for the same person,
+also after the account files were reset; distinct under concurrent calls);
+checkout permissions for read and write users; homes private to their owner;
+shell as the user with no way back to root; lock (kills processes, refuses shell;
+needs CAP_KILL); refusing to take over reserved names, image accounts and uids of
+other GitLab users; bad input of every kind exits 2 and changes nothing
+(hypothesis); shell metacharacters in values never run.
 """
 
 from __future__ import annotations
@@ -357,6 +359,92 @@ def test_user_cannot_read_another_users_home(ws: Workspace) -> None:
     assert ws.as_user("bob", "cat /home/alice/.gitconfig").code != 0
 
 
+# --- --uid auto (user namespaces) ------------------------------------------------
+
+
+def _uid(ws: Workspace, name: str) -> int:
+    result = ws.root_sh(f"id -u {name}")
+    assert result.code == 0, result.err
+    return int(result.out)
+
+
+def test_uid_auto_takes_the_lowest_uid_no_account_group_or_record_has(
+    ws: Workspace,
+) -> None:
+    taken = ws.root_sh(
+        "echo 'carol:x:10000:10000::/home/carol:/bin/sh' >> /etc/passwd"
+        " && echo 'builders:x:10001:' >> /etc/group"
+    )
+    assert taken.code == 0, taken.err
+    auto = {"--uid": "auto"}
+
+    results = [ws.adduser(n, i, options=auto) for n, i in (("ann", 7), ("ben", 8))]
+    assert ws.rwctl("lock", "--name", "ann").code == 0  # a locked record keeps it
+    results.append(ws.adduser("cat", 9, options=auto))
+
+    assert [r.code for r in results] == [0, 0, 0], [r.err for r in results]
+    assert [_uid(ws, n) for n in ("ann", "ben", "cat")] == [10002, 10003, 10004]
+    assert _mode(ws, "/home/ben") == "700 ben ben"
+    users = {u.name: u.uid for u in accounts.parse_users(ws.rwctl("users").out)}
+    assert users == {"ann": 10002, "ben": 10003, "cat": 10004}
+
+
+def test_uid_auto_gives_the_same_person_the_same_uid_on_every_join(
+    ws: Workspace,
+) -> None:
+    auto = {"--uid": "auto"}
+    assert ws.adduser("alice", 7, options=auto).code == 0
+    before = ws.snapshot()
+
+    again = ws.adduser("alice", 7, options=auto)
+
+    assert again.code == 0, again.err
+    assert ws.snapshot() == before
+    assert ws.adduser("bob", 8, options=auto).code == 0
+    # On Kubernetes the root filesystem is new on every start while the records
+    # (/var/lib/rwbot) persist: the account comes back with the same uid.
+    reset = ws.root_sh(
+        "for f in /etc/passwd /etc/group /etc/shadow /etc/gshadow; do"
+        " [ -f $f ] && grep -v '^alice:' $f > $f.new && cat $f.new > $f"
+        " && rm $f.new; done; true"
+    )
+    assert reset.code == 0, reset.err
+    assert ws.root_sh("id -u alice").code != 0
+
+    back = ws.adduser("alice", 7, options=auto)
+
+    assert back.code == 0, back.err
+    assert (_uid(ws, "alice"), _uid(ws, "bob")) == (10000, 10001)
+    assert ws.as_user("alice", "id -u").out == "10000\n"
+
+
+def test_uid_auto_never_takes_a_uid_another_person_has(ws: Workspace) -> None:
+    assert ws.adduser("alice", 7, options={"--uid": "auto"}).code == 0
+    before = ws.snapshot()
+
+    same_uid = ws.adduser("mallory", 8, options={"--uid": "10000"})
+    same_name = ws.adduser("alice", 8, options={"--uid": "auto"})
+
+    assert (same_uid.code, same_name.code) == (3, 3)
+    assert "uid-taken" in same_uid.err
+    assert "name-taken" in same_name.err
+    assert ws.snapshot() == before
+
+
+def test_concurrent_uid_auto_calls_get_distinct_uids(ws: Workspace) -> None:
+    names = ["ann", "ben", "cat", "dan"]
+    with ThreadPoolExecutor(len(names)) as pool:
+        results = list(
+            pool.map(
+                lambda n: ws.adduser(n, 10 + names.index(n), options={"--uid": "auto"}),
+                names,
+            )
+        )
+
+    assert [r.code for r in results] == [0] * len(names), [r.err for r in results]
+    assert sorted(_uid(ws, n) for n in names) == [10000, 10001, 10002, 10003]
+
+
 # --- shell --------------------------------------------------------------------------
 
 
@@ -543,7 +631,7 @@ BAD_VALUES: dict[str, st.SearchStrategy[str]] = {
     "--uid": st.one_of(
         st.integers(-5, 9999).map(str),
         st.sampled_from(["0", "00100001", "100001 ", "1e6", "99999999999", "0x186a1"]),
-        _not(_is_decimal_at_least(10000)),
+        _not(_is_decimal_at_least(10000)).filter(lambda s: s != "auto"),
     ),
     "--name": _not(accounts._LINUX_NAME.fullmatch),
     "--gitlab-id": _not(_is_decimal_at_least(1)),

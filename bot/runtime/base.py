@@ -172,9 +172,9 @@ class Runtime(abc.ABC):
 
     def sync(self, key: WorkspaceKey, source: Source, checkout_dir: str) -> ExecResult:
         """Bring ``source.sha`` into the checkout by fast-forward only, so local
-        changes are never touched; a non-zero exit code carries git's reason."""
-        # TODO: Kubernetes needs the commits copied in through exec's stdin;
-        # until then ``/workspace sync`` says it is not available there.
+        changes are never touched; a non-zero exit code carries git's reason.
+
+        The default is for runtimes that cannot copy commits in."""
         raise PermanentError("bringing in new commits is not available on this runtime")
 
     def ping(self) -> None:  # noqa: B027 - optional for runtimes with no daemon
