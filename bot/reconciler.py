@@ -90,7 +90,22 @@ class Reconciler:
         with self.store.session() as session:
             rows = claim(session, worker, self.settings.claim_lease, limit)
         for ws in rows:
-            self.converge(ws, worker)
+            try:
+                self.converge(ws, worker)
+            except Exception:
+                # A bug, not a condition we know: log it, give the row back with
+                # backoff, and go on with the other rows of this batch.
+                log.exception("workspace pass failed", extra={"workspace": ws.id})
+                retry_at = self._retry_at(ws.attempts + 1, TemporaryError("bug"))
+                with self.store.session() as session:
+                    release(
+                        session,
+                        ws,
+                        worker,
+                        ws.version,
+                        retry_at,
+                        attempts=ws.attempts + 1,
+                    )
         return len(rows)
 
     def run_forever(self, stop: threading.Event, idle_wait: float = 0.5) -> None:

@@ -142,3 +142,26 @@ def test_the_flow_works_on_postgresql(docker_host, tmp_path, postgres_url):
         assert stack.containers(mr) == []
     finally:
         stack.close()
+
+
+def test_an_unexpected_error_gives_the_row_back_with_backoff(stack, project):
+    mr = stack.gitlab.open_mr(project, "feature", {"a.txt": "a\n"})
+    stack.deliver(stack.gitlab.mr_hook(mr, "open"))
+
+    class Broken:
+        """A runtime seam with a bug in it."""
+
+        def status(self, key):
+            raise RuntimeError("a bug")
+
+    real = stack.reconciler.runtime
+    stack.reconciler.runtime = Broken()
+    assert stack.reconciler.run_once() == 1  # no exception escapes
+    row = stack.row(mr)
+    assert (row.claimed_by, row.attempts) == (None, 1)
+    assert row.due_at > harness.utcnow()
+
+    stack.reconciler.runtime = real
+    stack.make_due()
+    stack.settle()
+    assert "ready" in stack.comment(mr)

@@ -168,7 +168,6 @@ class DockerRuntime(Runtime):
         notes = self._create(spec)
         return Status(Phase.RUNNING, generation=spec.generation, notes=notes)
 
-    @_translated("inspect the workspace")
     def _prepared(self, container: Any) -> bool:
         code, _ = container.exec_run(["test", "-e", READY_MARKER])
         return bool(code == 0)
@@ -289,6 +288,7 @@ class DockerRuntime(Runtime):
             text = output.decode(errors="replace").strip()[-500:]
             raise PermanentError(f"preparing the workspace failed: {text}")
 
+    @_translated("inspect the workspace")
     def status(self, key: WorkspaceKey) -> Status:
         container = self._container(key)
         if container is None:
