@@ -171,6 +171,17 @@ class Reconciler:
             setattr(ws, name, value)
 
         try:
+            changes.update(self._update_comment(ws))
+        except TemporaryError as err:
+            retry = retry or err
+        except PermanentError as err:
+            log.error(
+                "comment update failed",
+                extra={"workspace": key.slug(), "error": err.reason},
+            )
+
+        # After the comment, which people wait for; the widget link can follow.
+        try:
             if retry is None:
                 changes.update(self._update_environment(ws))
         except TemporaryError as err:
@@ -180,18 +191,6 @@ class Reconciler:
             log.warning(
                 "environment not updated",
                 extra={"workspace": key.slug(), "error": str(err)},
-            )
-        for name, value in changes.items():
-            setattr(ws, name, value)
-
-        try:
-            changes.update(self._update_comment(ws))
-        except TemporaryError as err:
-            retry = retry or err
-        except PermanentError as err:
-            log.error(
-                "comment update failed",
-                extra={"workspace": key.slug(), "error": err.reason},
             )
 
         attempts = ws.attempts + 1 if retry else 0
@@ -331,6 +330,7 @@ class Reconciler:
             pids=s.workspace_pids,
             network=s.workspace_network,
             checkout_root=s.workspace_root,
+            start_timeout=s.start_timeout,
             devfile=DevfilePolicy(
                 s.devfile_images, s.devfile_max_memory, s.devfile_max_cpu
             ),

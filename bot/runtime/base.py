@@ -87,6 +87,8 @@ class Spec:
     pids: int = 1024
     network: str = "bridge"
     checkout_root: str = "/workspace"
+    #: Seconds a new workspace may take to get ready before it counts as failed.
+    start_timeout: float = 120.0
     #: What the admin lets a devfile in the checkout ask for.
     devfile: DevfilePolicy = field(default_factory=lambda: DevfilePolicy())
 

@@ -64,6 +64,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 CAPABILITIES = ["SETUID", "SETGID", "CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL"]
 TOOL_DIR = "/opt/rwbot"
 READY_MARKER = f"{TOOL_DIR}/.ready"
+#: Written before postStart commands run; READY_MARKER follows them.
+INIT_MARKER = f"{TOOL_DIR}/.initialized"
 
 
 def tool_script() -> bytes:
@@ -169,8 +171,7 @@ class DockerRuntime(Runtime):
         return Status(Phase.RUNNING, generation=spec.generation, notes=notes)
 
     def _prepared(self, container: Any) -> bool:
-        code, _ = container.exec_run(["test", "-e", READY_MARKER])
-        return bool(code == 0)
+        return _has_file(container, READY_MARKER)
 
     def _create(self, spec: Spec) -> tuple[str, ...]:
         """Fetch, read the devfile, create, copy in, start, prepare; return
@@ -194,14 +195,28 @@ class DockerRuntime(Runtime):
             )
         container.put_archive("/opt", _tar_tool())
         container.start()
-        from bot import accounts
-
-        self._must(container, accounts.init_argv(spec.checkout_dir))
+        # The container's own command ran `rwctl init` and wrote the marker;
+        # waiting for the file costs no exec (~100 ms each on Podman).
+        marker = READY_MARKER if plan is None or not plan.post_start else INIT_MARKER
+        self._wait_until_prepared(container, marker, spec.start_timeout)
         notes = list(workspace.notes(plan))
-        if plan is not None:
+        if plan is not None and plan.post_start:
             notes += self._post_start(container, spec, plan)
-        self._must(container, ["touch", READY_MARKER])
+            self._must(container, ["touch", READY_MARKER])
         return tuple(notes)
+
+    def _wait_until_prepared(self, container: Any, marker: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while not _has_file(container, marker):
+            container.reload()
+            if container.status not in ("running", "created"):
+                logs = container.logs(tail=20).decode(errors="replace").strip()
+                raise PermanentError(f"preparing the workspace failed: {logs[-500:]}")
+            if time.monotonic() > deadline:
+                raise PermanentError("the workspace did not get ready in time")
+            time.sleep(delay)
+            delay = min(0.2, delay * 2)
 
     def _new_container(self, spec: Spec, plan: devfile.Plan | None) -> Any:
         labels = self._labels(spec.key, spec.generation)
@@ -233,13 +248,24 @@ class DockerRuntime(Runtime):
                     labels=labels,
                 )
                 mounts[extra.name] = {"bind": v.path, "mode": "rw"}
+        from bot import accounts
+
+        marker = READY_MARKER if plan is None or not plan.post_start else INIT_MARKER
         return self._client.containers.create(
             image,
-            ["sleep", "infinity"],
+            # Prepare, mark, then idle: every start (also after a stop) runs
+            # the idempotent `rwctl init` again. Arguments, never a string.
+            [
+                "sh",
+                "-c",
+                'umask 022; "$@" && touch "$RWBOT_MARKER" && exec sleep infinity',
+                "rwbot-start",
+                *accounts.init_argv(spec.checkout_dir),
+            ],
             name=self._name(spec.key),
             hostname=f"ws-{spec.key.slug()}",
             labels=labels,
-            environment=environment,
+            environment={**environment, "RWBOT_MARKER": marker},
             init=True,
             mem_limit=memory,
             nano_cpus=int(cpus * 1e9),
@@ -494,6 +520,16 @@ def _tar_dir(directory: Path, arcname: str) -> bytes:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(directory, arcname=arcname, filter=_as_root)
     return buf.getvalue()
+
+
+def _has_file(container: Any, path: str) -> bool:
+    try:
+        stream, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        return False
+    for _chunk in stream:  # drain the response so the connection is reused
+        pass
+    return True
 
 
 def _tar_file(name: str, data: bytes) -> bytes:
