@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import echo, intake, join, reconcile
+from benchmarks import echo, intake, join, memory, reconcile
 
 
 def main() -> int:
@@ -19,6 +19,8 @@ def main() -> int:
     status = status or join.main(["--repeat", "5"])
     print("\n== keystroke echo (short run) ==", flush=True)
     status = status or echo.main(["--keys", "100"])
+    print("\n== memory (short run) ==", flush=True)
+    status = status or memory.main(["--deliveries", "2000", "--terminals", "20"])
 
     return status
 
