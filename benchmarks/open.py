@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             stack = harness.Stack(docker_host, tmp)
             stop = threading.Event()
             worker = threading.Thread(
-                target=stack.reconciler.run_forever, args=(stop,),
-                kwargs={"idle_wait": 0.01}, daemon=True,
+                target=stack.reconciler.run_forever,
+                args=(stop,),
+                kwargs={"idle_wait": 0.01},
+                daemon=True,
             )
             try:
                 project = stack.gitlab.add_project("team/app")
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                     if i:
                         bot.append(bot_ms)
                         bare.append(bare_ms)
-                    print(f"run {i}: bot {bot_ms:.0f} ms, bare {bare_ms:.0f} ms",
-                          flush=True)
+                    print(
+                        f"run {i}: bot {bot_ms:.0f} ms, bare {bare_ms:.0f} ms",
+                        flush=True,
+                    )
             finally:
                 stop.set()
                 worker.join(timeout=10)
@@ -74,36 +78,56 @@ def main(argv: list[str] | None = None) -> int:
 
     added = _report.median(bot) - _report.median(bare)
     rows = [
-        _report.Row("open -> comment ready, median", _report.median(bot),
-                    _report.median(bare), "ms"),
-        _report.Row("open -> comment ready, p99", _report.percentile(bot, 99),
-                    _report.percentile(bare, 99), "ms"),
+        _report.Row(
+            "open -> comment ready, median",
+            _report.median(bot),
+            _report.median(bare),
+            "ms",
+        ),
+        _report.Row(
+            "open -> comment ready, p99",
+            _report.percentile(bot, 99),
+            _report.percentile(bare, 99),
+            "ms",
+        ),
     ]
     print()
-    print(_report.table(
-        f"MR opened -> join-link comment vs bare fetch + container start + copy; "
-        f"{args.repeat} runs; {_report.machine()['cores']} cores",
-        "bare", rows,
-    ))
+    print(
+        _report.table(
+            f"MR opened -> join-link comment vs bare fetch + container start + copy; "
+            f"{args.repeat} runs; {_report.machine()['cores']} cores",
+            "bare",
+            rows,
+        )
+    )
     met = "met" if added <= GOAL_MS else "MISSED"
-    print(f"the bot adds {added:.0f} ms at the median (goal <= {GOAL_MS:.0f} ms: {met})")
-    _report.write_json(args.json, {
-        "bot_ms": bot, "bare_ms": bare, "added_ms": added,
-        "machine": _report.machine(),
-    })
+    print(
+        f"the bot adds {added:.0f} ms at the median (goal <= {GOAL_MS:.0f} ms: {met})"
+    )
+    _report.write_json(
+        args.json,
+        {
+            "bot_ms": bot,
+            "bare_ms": bare,
+            "added_ms": added,
+            "machine": _report.machine(),
+        },
+    )
     return 0
 
 
 def _open(stack: Any, project: dict[str, Any], author: dict[str, Any], i: int) -> float:
-    mr = stack.gitlab.open_mr(project, f"feature-{i}", {"a.txt": f"{i}\n"},
-                              author=author)
+    mr = stack.gitlab.open_mr(
+        project, f"feature-{i}", {"a.txt": f"{i}\n"}, author=author
+    )
     payload = stack.gitlab.mr_hook(mr, "open")
     started = time.perf_counter()
     stack.deliver(payload)
 
     def ready() -> bool:
-        return any("ready" in n["body"] and "/w/" in n["body"]
-                   for n in stack.bot_notes(mr))
+        return any(
+            "ready" in n["body"] and "/w/" in n["body"] for n in stack.bot_notes(mr)
+        )
 
     _wait(ready)
     return (time.perf_counter() - started) * 1000
@@ -118,11 +142,15 @@ def _bare(stack: Any, project: dict[str, Any], where: Path) -> float:
     mr = stack.gitlab.open_mr(project, f"bare-{where.name}", {"b.txt": "b\n"})
     url = f"{stack.gitlab.url}/{project['path_with_namespace']}.git"
     started = time.perf_counter()
-    git.fetch_checkout(url, f"refs/merge-requests/{mr['iid']}/head", "",
-                       stack.gitlab.token, where)
+    git.fetch_checkout(
+        url, f"refs/merge-requests/{mr['iid']}/head", "", stack.gitlab.token, where
+    )
     container = stack.docker.containers.create(
-        services.WORKSPACE_IMAGE, ["sleep", "infinity"], init=True,
-        network_mode="none", detach=True,
+        services.WORKSPACE_IMAGE,
+        ["sleep", "infinity"],
+        init=True,
+        network_mode="none",
+        detach=True,
     )
     container.put_archive("/srv", _tar_dir(where, "app"))
     container.start()
