@@ -96,6 +96,10 @@ class Settings:
     #: Name of each workspace's GitLab environment; ``{iid}`` is the MR's iid.
     #: Empty: no environments (the MR widget shows no "View app").
     environment_name: str = "review-workspace/mr-{iid}"
+    #: Domain under which each devfile endpoint gets a host of its own
+    #: (``<endpoint>--<workspace>.<domain>``, wildcard DNS and certificate
+    #: pointing at the bot); empty: endpoints are not exposed.
+    endpoints_domain: str = ""
     #: Prefix of comment commands.
     command_prefix: str = "/workspace"
     #: Lowest access level per command verb; see ``bot.commands``.
@@ -305,7 +309,32 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         read_level=read_level,
         write_level=write_level,
     )
+    settings = settings.with_overrides(
+        endpoints_domain=_endpoints_domain(
+            env.get(PREFIX + "ENDPOINTS_DOMAIN", ""), settings.public_url
+        )
+    )
     session_secret = _read(env, "SESSION_SECRET")
     if session_secret:
         settings = settings.with_overrides(session_secret=session_secret)
     return settings
+
+
+def _endpoints_domain(value: str, public_url: str) -> str:
+    """A lower-case DNS name that neither is nor contains the bot's own host:
+    endpoints serve the MR's code, which must never share the bot's origin."""
+    from bot import endpoints
+
+    domain = value.strip().lower().rstrip(".")
+    if not domain:
+        return ""
+    if not endpoints.is_domain(domain):
+        raise SettingsError(
+            f"{PREFIX}ENDPOINTS_DOMAIN: expected a DNS name like endpoints.example.com"
+        )
+    bot_host = (urlsplit(public_url).hostname or "").lower()
+    if bot_host == domain or bot_host.endswith("." + domain):
+        raise SettingsError(
+            f"{PREFIX}ENDPOINTS_DOMAIN: must not hold the bot's own host {bot_host}"
+        )
+    return domain
