@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from bot import auth, health, logs, terminal, webhooks
+from bot import auth, endpoint_proxy, health, logs, terminal, webhooks
 from bot import runtime as runtimes
 from bot import settings as settings_mod
 from bot.gitlab import Client
@@ -52,6 +52,7 @@ def create_app(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
     )
+    endpoint_proxy.init_app(app)  # first: endpoint hosts see no other route
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     auth.init_app(app)

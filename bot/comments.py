@@ -14,7 +14,9 @@ from pathlib import Path
 
 import jinja2
 
+from bot import endpoints
 from bot.lifecycle import Phase
+from bot.runtime.base import WorkspaceKey
 from bot.store import Workspace, utcnow
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -74,8 +76,10 @@ def render(
     reason: str | None = None,
     warn_before: float = 3600,
     now: dt.datetime | None = None,
+    endpoints_domain: str = "",
 ) -> str:
     phase = Phase(ws.phase)
+    links, notices = endpoint_links(ws, public_url, endpoints_domain)
     icon, headline, summary = _HEADLINES[phase]
     if phase == Phase.REMOVED and ws.mr_state in ("merged", "closed"):
         summary = (
@@ -111,12 +115,28 @@ def render(
         join_url=join_url(public_url, ws.project_id, ws.mr_iid),
         members=[Member(_inline(m.username), m.role) for m in members],
         reason=_inline(reason if reason is not None else ws.reason),
-        notices=[_inline(line) for line in (ws.notices or "").splitlines()]
-        if phase == Phase.READY
-        else [],
+        endpoints=links if phase == Phase.READY else [],
+        notices=[_inline(line) for line in notices] if phase == Phase.READY else [],
         prefix=prefix,
         marker=marker(ws.project_id, ws.mr_iid),
     )
+
+
+def endpoint_links(
+    ws: Workspace, public_url: str, domain: str
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """(name, entry URL) of each exposed endpoint, and the other notes; without
+    an endpoints domain, a note saying which setting would expose them."""
+    names, notices = endpoints.split_notes((ws.notices or "").splitlines())
+    key = WorkspaceKey(ws.project_id, ws.mr_iid)
+    if domain:
+        return [(n, public_url + endpoints.entry_path(key, n)) for n in names], notices
+    if names:
+        notices.append(
+            f"devfile endpoints ({', '.join(names)}) are not exposed: the bot's "
+            "administrator has not set RWBOT_ENDPOINTS_DOMAIN"
+        )
+    return [], notices
 
 
 def _when(value: dt.datetime | None) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bot import accounts, audit, commands, lifecycle
+from bot import accounts, audit, commands, comments, lifecycle
 from bot.commands import Command, Verb
 from bot.errors import PermanentError
 from bot.gitlab import Client
@@ -359,6 +359,12 @@ class Control:
             lines.append(f"**Stops when idle at:** {_when(ws.stop_at)}")
         if ws.expires_at:
             lines.append(f"**Expires at:** {_when(ws.expires_at)}")
+        links, _ = comments.endpoint_links(
+            ws, self.settings.public_url, self.settings.endpoints_domain
+        )
+        if links and ws.phase == Phase.READY:
+            shown = ", ".join(f"[{name}]({url})" for name, url in links)
+            lines.append(f"**Endpoints:** {shown}")
         lines.append("**Who:** " + who(session, ws))
         entries = audit.latest(self.store, ws.project_id, ws.mr_iid, limit=5)
         if entries:

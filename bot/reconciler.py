@@ -372,6 +372,7 @@ class Reconciler:
             prefix=self.settings.command_prefix,
             members=joined,
             warn_before=self.settings.warn_before,
+            endpoints_domain=self.settings.endpoints_domain,
         )
         digest = comments.digest(body)
         if digest == ws.note_digest:

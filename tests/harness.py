@@ -45,7 +45,7 @@ def bot_settings(
         public_url=public_url,
         database_url=db,
         workspace_image=extra.pop("workspace_image", services.WORKSPACE_IMAGE),
-        workspace_network="none",
+        workspace_network=extra.pop("workspace_network", "none"),
         workspace_memory="512m",
         instance=f"t{uuid.uuid4().hex[:10]}",
         resync_interval=3600,

@@ -31,6 +31,7 @@ import contextlib
 import copy
 import enum
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -551,6 +552,7 @@ class KubeDouble:
         if behaviour is PodBehaviour.READY:
             return {
                 "phase": "Running",
+                "podIP": _pod_ip(pod),
                 "conditions": [
                     ok,
                     cond("Initialized", True),
@@ -886,3 +888,9 @@ class _Exec:
                 self.send(channel, data)
             except ConnectionClosed:
                 return
+
+
+def _pod_ip(pod: Obj) -> str:
+    """A stable made-up address per pod, as the cluster network would give."""
+    digest = hashlib.sha256(pod["metadata"]["name"].encode()).digest()
+    return f"10.244.{digest[0]}.{digest[1] or 1}"

@@ -480,7 +480,7 @@ def test_devfile_in_the_commit_shapes_the_workspace_container_also_after_a_resta
     }
     scratch = next(v for v in pod["volumes"] if v["name"] == mounts["/scratch"]["name"])
     assert scratch["emptyDir"] == {"sizeLimit": "1Gi"}
-    assert status.notes == ("devfile endpoints (web) are not exposed by the bot yet",)
+    assert status.notes == ("rwbot-endpoint:web",)
 
     runtime.stop(KEY)
     runtime.ensure_running(make_spec(source))  # re-applies the limit range
@@ -488,6 +488,24 @@ def test_devfile_in_the_commit_shapes_the_workspace_container_also_after_a_resta
     limit_range = double.must("", "limitranges", NAMESPACE, "workspace")
     assert limit_range["spec"]["limits"][0]["max"]["memory"] == "1Gi"
     assert limit_range["spec"]["limits"][0]["defaultRequest"]["cpu"] == "500m"
+
+
+def test_an_endpoint_is_found_at_the_ready_pods_ip_and_not_while_stopped(
+    runtime: KubernetesRuntime, double: KubeDouble, gitlab: GitLabDouble
+) -> None:
+    source, _ = kube_double.mr_source(gitlab, "team/web", {".devfile.yaml": DEVFILE})
+    runtime.ensure_running(make_spec(source))
+    wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "workspace running")
+    (pod,) = double.items("", "pods", NAMESPACE)
+
+    target = runtime.endpoint(KEY, "web")
+
+    assert target == base.EndpointTarget(pod["status"]["podIP"], 3000, "/")
+    with pytest.raises(PermanentError, match="no endpoint named 'api'"):
+        runtime.endpoint(KEY, "api")
+    runtime.stop(KEY)
+    with pytest.raises(PermanentError, match="not running"):
+        runtime.endpoint(KEY, "web")
 
 
 def test_devfile_is_read_at_the_commit_being_run_not_a_newer_head(

@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from bot import accounts, devfile
-from bot.runtime import base
+from bot.errors import PermanentError
+from bot.runtime import base, workspace
 from bot.runtime.kube import manifests
 from bot.runtime.kubernetes import (
     SUPPORTED_KUBERNETES,
@@ -199,6 +200,39 @@ def test_devfile_shapes_the_workspace_container_and_its_limits(rwctl: Path) -> N
         "workspace's volume",
         "devfile volume homes is not mounted: /home is already the workspace's own",
     )
+
+
+ENDPOINT_DEVFILE = """\
+schemaVersion: 2.2.0
+components:
+  - name: web
+    container:
+      image: registry.example.com/node:22
+      endpoints:
+        - {name: app, targetPort: 3000, path: /start}
+        - {name: debug, targetPort: 9229, exposure: internal}
+"""
+
+
+def test_network_policy_admits_the_bot_on_the_devfile_endpoints_ports(
+    rwctl: Path,
+) -> None:
+    plan = devfile.workspace_plan(devfile.parse(ENDPOINT_DEVFILE))
+    config = KubernetesConfig(rwctl=rwctl, bot_namespace="bots")
+    objects = workspace_objects(config, plan=plan)
+
+    (rule,) = objects["NetworkPolicy"]["spec"]["ingress"]
+    assert "ports" not in rule  # every port from the bot's pods: 3000 included
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "bots"
+    }
+    record = objects["Deployment"]["metadata"]["annotations"][base.ENDPOINTS]
+    assert workspace.endpoint_in(record, "app") == (3000, "/start")
+    with pytest.raises(PermanentError):
+        workspace.endpoint_in(record, "debug")  # internal: not exposed
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
 
 
 def test_workspace_containers_keep_only_the_capabilities_rwctl_needs(
@@ -520,6 +554,8 @@ def exercise_every_call(double: KubeDouble, rwctl: Path, source: base.Source) ->
     runtime.ensure_running(served)  # adopts (replaces) what the first attempt made
     wait_for(lambda: runtime.status(key).phase is base.Phase.RUNNING, 10, "running")
     runtime.exec(key, ["true"])
+    with pytest.raises(PermanentError):
+        runtime.endpoint(key, "web")  # this MR's workspace has no endpoints
     terminal = runtime.open_terminal(key, ["sh"], rows=24, cols=80)
     terminal.close()
     runtime.stop(key)

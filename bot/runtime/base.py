@@ -27,6 +27,10 @@ LABEL_INSTANCE = "rwbot.instance"
 LABEL_PROJECT = "rwbot.project-id"
 LABEL_MR = "rwbot.mr-iid"
 LABEL_GENERATION = "rwbot.generation"
+#: The exposed devfile endpoints of a workspace, as JSON (see
+#: :func:`bot.runtime.workspace.endpoint_record`): a label on Docker, an
+#: annotation on Kubernetes.
+ENDPOINTS = "rwbot.endpoints"
 
 
 @dataclass(frozen=True, order=True)
@@ -112,6 +116,16 @@ class Listed:
     name: str
 
 
+@dataclass(frozen=True)
+class EndpointTarget:
+    """Where the bot sends a request for one of a workspace's endpoints."""
+
+    host: str
+    port: int
+    #: Where a visit starts (the devfile endpoint's ``path``).
+    path: str = "/"
+
+
 class Terminal(abc.ABC):
     """An interactive TTY process inside a workspace."""
 
@@ -178,6 +192,16 @@ class Runtime(abc.ABC):
 
         The default is for runtimes that cannot copy commits in."""
         raise PermanentError("bringing in new commits is not available on this runtime")
+
+    def endpoint(self, key: WorkspaceKey, name: str) -> EndpointTarget:
+        """The address of the running workspace's exposed endpoint ``name``.
+
+        Raises:
+            PermanentError: no such endpoint, or the workspace is not running
+                (the reason is for the viewer).
+            TemporaryError: the runtime could not be asked.
+        """
+        raise PermanentError("endpoints are not available on this runtime")
 
     def ping(self) -> None:  # noqa: B027 - optional for runtimes with no daemon
         """Raise :class:`bot.errors.TemporaryError` if the runtime is unreachable."""

@@ -39,12 +39,14 @@ from bot import devfile, git
 from bot.errors import PermanentError, TemporaryError
 from bot.runtime import workspace
 from bot.runtime.base import (
+    ENDPOINTS,
     LABEL_GENERATION,
     LABEL_INSTANCE,
     LABEL_MR,
     LABEL_PROJECT,
     MANAGED_BY,
     MANAGED_BY_VALUE,
+    EndpointTarget,
     ExecResult,
     Listed,
     Phase,
@@ -264,7 +266,7 @@ class DockerRuntime(Runtime):
             ],
             name=self._name(spec.key),
             hostname=f"ws-{spec.key.slug()}",
-            labels=labels,
+            labels={**labels, ENDPOINTS: workspace.endpoint_record(plan)},
             environment={**environment, "RWBOT_MARKER": marker},
             init=True,
             mem_limit=memory,
@@ -459,6 +461,25 @@ class DockerRuntime(Runtime):
         terminal = DockerTerminal(api, created["Id"], _raw_socket(sock))
         terminal.resize(rows, cols)
         return terminal
+
+    @_translated("find the workspace's endpoint")
+    def endpoint(self, key: WorkspaceKey, name: str) -> EndpointTarget:
+        """The container's address on its network: the bot must be able to
+        reach that network (on the host, or attached to the same network)."""
+        container = self._container(key)
+        if container is None or container.status != "running":
+            raise PermanentError("The workspace is not running.")
+        port, path = workspace.endpoint_in(container.labels.get(ENDPOINTS), name)
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        address = next(
+            (n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None
+        )
+        if address is None:
+            raise PermanentError(
+                "The workspace has no network address the bot can reach "
+                "(RWBOT_WORKSPACE_NETWORK)."
+            )
+        return EndpointTarget(address, port, path)
 
     @_translated("reach the container runtime")
     def ping(self) -> None:

@@ -33,7 +33,7 @@ from kubernetes import client
 from kubernetes import config as kube_config
 
 from bot import accounts, git
-from bot.errors import ConfigError, TemporaryError
+from bot.errors import ConfigError, PermanentError, TemporaryError
 from bot.runtime import base, workspace
 from bot.runtime.kube import api, checkout, diagnose, manifests, stream
 from bot.runtime.kube.config import KubernetesConfig, config_from_env
@@ -382,6 +382,21 @@ class KubernetesRuntime(base.Runtime):
         terminal = stream.KubeTerminal(self._exec.open(namespace, pod, argv, tty=True))
         terminal.resize(rows, cols)
         return terminal
+
+    def endpoint(self, key: base.WorkspaceKey, name: str) -> base.EndpointTarget:
+        """The ready pod's IP; the workspace's NetworkPolicy admits the bot's
+        pods (``RWBOT_K8S_BOT_NAMESPACE`` and pod labels) on every port."""
+        namespace = self._renderer.namespace(key)
+        deployment = self._read_deployment(namespace)
+        if deployment is None or not (deployment.get("spec") or {}).get("replicas"):
+            raise PermanentError("The workspace is not running.")
+        record = _annotation(deployment, base.ENDPOINTS)
+        port, path = workspace.endpoint_in(record, name)
+        pod = self._ready_pod(namespace)
+        address = ((pod or {}).get("status") or {}).get("podIP")
+        if not address:
+            raise PermanentError("The workspace is not running.")
+        return base.EndpointTarget(str(address), port, path)
 
     def _running_pod(self, key: base.WorkspaceKey) -> tuple[str, str]:
         namespace = self._renderer.namespace(key)

@@ -8,11 +8,14 @@ does not apply is turned into a note for the MR comment, never dropped silently.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot import devfile
+from bot import devfile, endpoints
 from bot.devfile import quantity
+from bot.errors import PermanentError
 
 #: Where postStart commands' output goes inside the workspace (readable by all
 #: joined reviewers, like the checkout).
@@ -68,12 +71,37 @@ def notes(plan: devfile.Plan | None) -> list[str]:
         + f": {item.reason}"
         for item in plan.ignored
     ]
-    if plan.endpoints:
-        names = ", ".join(e.name for e in plan.endpoints)
-        said.append(f"devfile endpoints ({names}) are not exposed by the bot yet")
+    shown, not_shown = endpoints.exposed(plan.endpoints)
+    said += not_shown
+    said += [endpoints.note(e.name) for e in shown]
     if not plan.override_command and (plan.command or plan.args):
         said.append("the devfile's command is not run: the workspace keeps its own")
     return said
+
+
+def endpoint_record(plan: devfile.Plan | None) -> str:
+    """The exposed endpoints as the runtime keeps them with the workspace:
+    JSON ``{name: [port, path]}``, read back by :func:`endpoint_in`."""
+    shown = endpoints.exposed(plan.endpoints)[0] if plan is not None else []
+    return json.dumps({e.name: [e.target_port, e.path or "/"] for e in shown})
+
+
+def endpoint_in(record: str | None, name: str) -> tuple[int, str]:
+    """Port and start path of endpoint ``name`` in a :func:`endpoint_record`.
+
+    Raises:
+        PermanentError: the workspace has no exposed endpoint of that name.
+    """
+    try:
+        found: Mapping[str, list[object]] = json.loads(record or "{}")
+        port, path = found[name]
+    except (ValueError, KeyError, TypeError):
+        raise PermanentError(
+            f"This workspace has no endpoint named {name!r}."
+        ) from None
+    if not isinstance(port, int) or not isinstance(path, str):
+        raise PermanentError(f"This workspace has no endpoint named {name!r}.")
+    return port, path
 
 
 def memory_bytes(plan: devfile.Plan) -> int | None:

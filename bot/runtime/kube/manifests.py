@@ -158,6 +158,8 @@ class Shape:
     post_start: tuple[PostStart, ...] = ()
     #: For the MR comment: what of the devfile is not applied.
     notes: tuple[str, ...] = ()
+    #: The exposed endpoints (:func:`bot.runtime.workspace.endpoint_record`).
+    endpoints: str = "{}"
 
 
 def shape_for(
@@ -194,6 +196,7 @@ def shape_for(
             for c in plan.post_start
         ),
         notes=(*workspace.notes(plan), *notes),
+        endpoints=workspace.endpoint_record(plan),
     )
 
 
@@ -314,6 +317,7 @@ class Renderer:
             "env": [{"name": name, "value": value} for name, value in container.env],
             "mounts": [_mount_values(m) for m in container.mounts],
             "notes": json.dumps(list(container.notes)),
+            "endpoints": container.endpoints,
             "post_start": json.dumps(
                 [[s.id, s.command_line, s.directory] for s in container.post_start]
             ),
