@@ -14,6 +14,7 @@ response hook remembers the last ``Retry-After`` seen by this thread.
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import logging
 import threading
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 
 import gitlab
 import gitlab.exceptions
+import gitlab.v4.objects
 import requests
 
 from bot.errors import ConfigError, PermanentError, TemporaryError
@@ -145,9 +147,8 @@ class Client:
 
     def whoami(self) -> User:
         def call() -> User:
-            self._gl.auth()
-            user = self._gl.user
-            assert user is not None
+            # Not self._gl.auth(): it cannot be told to fail fast on a 429.
+            user = gitlab.v4.objects.CurrentUserManager(self._gl).get(**self._fast)
             return User(user.id, user.username, user.name)
 
         return self._call("read its own user", call)
@@ -259,7 +260,8 @@ class Client:
                 discussion = mr.discussions.get(discussion_id, **self._fast)
                 notes = [n["body"] for n in discussion.attributes.get("notes", [])]
             else:
-                notes = [n.body for n in mr.notes.list(iterator=True, per_page=100)]
+                listed = mr.notes.list(iterator=True, per_page=100, **self._fast)
+                notes = [n.body for n in listed]
             return any(marker in (body or "") for body in notes)
 
         return self._call(f"read the thread on !{iid}", call)
@@ -433,9 +435,18 @@ def _facts(project: Project, mr: Any) -> MergeRequestFacts:
 
 
 def _seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: it is either a number of seconds or
+    an HTTP-date (RFC 9110, section 10.2.3); None if absent or unreadable."""
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC, said to be of unknown origin
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
