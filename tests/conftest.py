@@ -44,8 +44,13 @@ def store(database_url):
 
 
 @pytest.fixture
-def stack(docker_host, tmp_path):
-    """GitLab double, an in-process bot and real Podman (see tests/harness.py)."""
-    s = harness.Stack(docker_host, tmp_path)
+def stack(request, docker_host, tmp_path):
+    """GitLab double, an in-process bot and real Podman (see tests/harness.py).
+
+    ``@pytest.mark.stack_settings(idle_timeout=8, ...)`` changes the bot's
+    settings for one test.
+    """
+    marker = request.node.get_closest_marker("stack_settings")
+    s = harness.Stack(docker_host, tmp_path, **(marker.kwargs if marker else {}))
     yield s
     s.close()

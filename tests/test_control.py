@@ -7,19 +7,23 @@ code blocks or quotes ignored; edited comments and the bot's own comments not
 run; an unknown command answered with help; a command on a merged MR answered,
 not run; rebuild asks for --confirm while someone is connected; destroy and
 start again; restart recovers a failed workspace; extend moves the deadlines;
-invite raises a Reporter to write and revoke locks them out; sync brings new
-commits without touching local changes and reports a conflict; an idle
-workspace stops and an expired one is destroyed; the audit log records it all.
+invite raises a Reporter to write and revoke locks them out, ending their live
+terminal; sync brings new commits into a shell that stays open, without
+touching local changes, and reports a conflict; with short configured times, an
+open terminal holds off the idle stop, which follows once it closes, and an
+expired workspace is destroyed, each after a warning in the comment; the audit
+log records it all.
 """
 
 import datetime as dt
 
 import pytest
-import sqlalchemy as sa
+import requests
 
 from bot import audit
 from bot.runtime.base import WorkspaceKey
-from bot.store import Member, Workspace, utcnow
+from bot.store import Member, utcnow
+from tests import live, services
 from tests.gitlab_double import DEVELOPER, GUEST, MAINTAINER, REPORTER
 
 CHECKOUT = "/workspace/team/app"
@@ -259,6 +263,18 @@ def test_invite_gives_a_reporter_write_and_revoke_locks_them_out(
         )
 
 
+def test_revoke_ends_a_live_session(stack, people, running):
+    project, users = people
+    shell = live.terminal(stack, project, running, users["rita"])
+    command(stack, running, users["mia"], "/workspace revoke @rita")
+    live.read_to_end(shell)
+    uid = str(100000 + users["rita"]["id"])
+    assert uid not in stack.run_in(running, "ps", "-eo", "uid=").split()
+    stack.gitlab.login_as(users["rita"])
+    r = requests.get(stack.url + live.join_path(project, running), timeout=30)
+    assert r.status_code == 403
+
+
 def test_invite_of_a_non_member_is_refused(stack, people, running):
     _, users = people
     stack.gitlab.add_user("outsider")
@@ -267,13 +283,19 @@ def test_invite_of_a_non_member_is_refused(stack, people, running):
 
 
 def test_sync_brings_new_commits_and_keeps_local_changes(stack, people, running):
-    _, users = people
+    project, users = people
+    shell = live.terminal(stack, project, running, users["dev"])
     stack.run_in(running, "sh", "-c", f"echo mine > {CHECKOUT}/notes.txt")
     new = stack.gitlab.push(running, {"lib.py": "v2\n"})
     stack.deliver(stack.gitlab.mr_hook(running, "update"))
     stack.settle()
 
     command(stack, running, users["dev"], "/workspace sync")
+    # The shell that was open before the sync is still there, in the checkout,
+    # and sees the new commit.
+    live.type_in(shell, "git log -1 --format=C%H; pwd\n")
+    assert f"C{new}" in live.read_until(shell, f"C{new}")
+    shell.close()
     assert stack.run_in(running, "cat", f"{CHECKOUT}/lib.py") == "v2\n"
     assert stack.run_in(running, "cat", f"{CHECKOUT}/notes.txt") == "mine\n"
     assert new[:8] in stack.comment(running) and "Behind" not in stack.comment(running)
@@ -289,41 +311,56 @@ def test_sync_brings_new_commits_and_keeps_local_changes(stack, people, running)
     assert stack.run_in(running, "cat", f"{CHECKOUT}/lib.py") == "local\n"
 
 
-def test_an_idle_workspace_stops_and_an_expired_one_is_destroyed(
-    stack, people, running
-):
-    with stack.store.session() as s:
-        s.execute(
-            sa.update(Workspace).values(
-                stop_at=utcnow() - dt.timedelta(seconds=1), due_at=utcnow()
-            )
-        )
-    stack.settle()
-    assert state(stack, running) == "exited"
+@pytest.mark.stack_settings(idle_timeout=8, warn_before=4)
+def test_an_idle_stop_waits_for_connected_people_then_stops(stack, people, running):
+    project, users = people
+    shell = live.terminal(stack, project, running, users["dev"])
+    first_deadline = stack.row(running).stop_at
+
+    # Past the first idle deadline, the open terminal has kept it running.
+    services.wait_for(
+        lambda: _reconciled(stack) and utcnow() > first_deadline + SECOND,
+        timeout=60,
+        what="the first idle deadline to pass",
+    )
+    assert state(stack, running) == "running"
+    assert stack.row(running).stop_at > first_deadline
+
+    shell.close()
+    comments = _watch_until(stack, running, lambda: state(stack, running) == "exited")
+    assert any("soon: use it" in c for c in comments)  # warned first
     assert "nobody used it" in stack.comment(running)
+    assert len(stack.containers(running)) == 1  # stopped, not removed
 
-    _, users = people
-    command(stack, running, users["dev"], "/workspace start")
-    with stack.store.session() as s:
-        s.execute(
-            sa.update(Workspace).values(
-                expires_at=utcnow() - dt.timedelta(seconds=1), due_at=utcnow()
-            )
-        )
-    stack.settle()
-    assert stack.containers(running) == []
+
+@pytest.mark.stack_settings(max_lifetime=8, warn_before=4)
+def test_an_expired_workspace_is_destroyed_after_a_warning(stack, people, running):
+    comments = _watch_until(stack, running, lambda: stack.containers(running) == [])
+    assert any("soon: comment `/workspace extend 1d`" in c for c in comments)
     assert "maximum lifetime" in stack.comment(running)
+    assert stack.volumes(running) == []
 
 
-def test_the_comment_warns_before_the_idle_stop(stack, people, running):
-    with stack.store.session() as s:
-        s.execute(
-            sa.update(Workspace).values(
-                stop_at=utcnow() + dt.timedelta(minutes=10), due_at=utcnow()
-            )
-        )
-    stack.settle()
-    assert "soon" in stack.comment(running)
+SECOND = dt.timedelta(seconds=1)
+
+
+def _reconciled(stack) -> bool:
+    stack.reconciler.run_once()
+    return True
+
+
+def _watch_until(stack, mr, done, timeout=60):
+    """Run the reconciler until ``done()``; the comment's versions on the way."""
+    seen = []
+
+    def check():
+        stack.reconciler.run_once()
+        if not seen or seen[-1] != stack.comment(mr):
+            seen.append(stack.comment(mr))
+        return done()
+
+    services.wait_for(check, timeout=timeout, what="the workspace's deadline")
+    return seen
 
 
 def test_the_audit_log_records_commands(stack, people, running):

@@ -9,7 +9,6 @@ closing the terminal ends the user's shell.
 """
 
 import json
-import time
 
 import pytest
 import requests
@@ -17,6 +16,7 @@ import websocket
 
 from tests import services
 from tests.gitlab_double import DEVELOPER
+from tests.live import cookie_header, join_path, read_until, signed_in, ws_url
 
 
 @pytest.fixture
@@ -28,23 +28,6 @@ def workspace(stack):
     stack.deliver(stack.gitlab.mr_hook(mr, "open"))
     stack.settle()
     return project, mr
-
-
-def join_path(project, mr):
-    return f"/w/{project['id']}/{mr['iid']}"
-
-
-def signed_in(stack, project, mr, user):
-    """A requests session that followed the join link through sign-in."""
-    stack.gitlab.login_as(user)
-    http = requests.Session()
-    r = http.get(stack.url + join_path(project, mr), timeout=30)
-    assert r.status_code == 200, r.text
-    return http
-
-
-def cookie_header(http):
-    return "; ".join(f"{c.name}={c.value}" for c in http.cookies)
 
 
 def test_the_join_link_alone_grants_nothing(stack, workspace):
@@ -116,10 +99,6 @@ def test_next_never_leads_off_site(stack, workspace):
         assert r.url.startswith(stack.url), r.url
 
 
-def ws_url(stack, project, mr):
-    return stack.url.replace("http://", "ws://") + join_path(project, mr) + "/tty"
-
-
 def test_the_terminal_socket_refuses_another_sites_origin(stack, workspace):
     project, mr = workspace
     user = stack.gitlab.add_user("dana")
@@ -142,19 +121,6 @@ def test_the_terminal_socket_requires_a_session(stack, workspace):
             ws_url(stack, project, mr), origin=stack.url, timeout=10
         )
     assert err.value.status_code == 401
-
-
-def read_until(sock, needle, timeout=30):
-    """Collect terminal output until ``needle`` shows up."""
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle.encode() not in seen:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{needle!r} not in {seen[-500:]!r}")
-        sock.settimeout(max(0.1, deadline - time.monotonic()))
-        data = sock.recv()
-        seen += data if isinstance(data, bytes) else data.encode()
-    return seen.decode(errors="replace")
 
 
 def test_closing_the_terminal_ends_the_shell(stack, workspace):
