@@ -397,7 +397,11 @@ class Control:
             # Only the first answer not recorded as posted may have been posted
             # by a worker that died before recording it: its marker tells.
             posted = index == first and self.gitlab.replied(
-                ws.project_id, ws.mr_iid, note.discussion_id, marker
+                ws.project_id,
+                ws.mr_iid,
+                note.discussion_id,
+                marker,
+                self.settings.bot_user_id,
             )
             if not posted:
                 self.gitlab.reply(

@@ -250,19 +250,34 @@ class Client:
         return self._call(f"reply on !{iid}", call)
 
     def replied(
-        self, project_id: int, iid: int, discussion_id: str | None, marker: str
+        self,
+        project_id: int,
+        iid: int,
+        discussion_id: str | None,
+        marker: str,
+        author_id: int | None,
     ) -> bool:
-        """Whether the thread already holds a reply of ours carrying ``marker``."""
+        """Whether the thread already holds a reply of ours carrying ``marker``.
+
+        Only notes by ``author_id`` (the bot's user, when known) count: anyone
+        can paste the marker into the thread, and that must not silence the bot.
+        """
 
         def call() -> bool:
             mr = self._mr(project_id, iid)
             if discussion_id:
                 discussion = mr.discussions.get(discussion_id, **self._fast)
-                notes = [n["body"] for n in discussion.attributes.get("notes", [])]
+                notes = [
+                    (n["body"], n["author"]["id"])
+                    for n in discussion.attributes.get("notes", [])
+                ]
             else:
                 listed = mr.notes.list(iterator=True, per_page=100, **self._fast)
-                notes = [n.body for n in listed]
-            return any(marker in (body or "") for body in notes)
+                notes = [(n.body, n.author["id"]) for n in listed]
+            return any(
+                marker in (body or "") and author_id in (None, author)
+                for body, author in notes
+            )
 
         return self._call(f"read the thread on !{iid}", call)
 

@@ -467,7 +467,19 @@ def test_replied_looks_in_the_thread(gl, client, body, expected):
     path = f"/projects/1/merge_requests/7/discussions/{DISCUSSION}"
     stub(gl, "GET", path, answer=answer)
 
-    assert client.replied(1, 7, DISCUSSION, MARKER) is expected
+    assert client.replied(1, 7, DISCUSSION, MARKER, BOT_ID) is expected
+
+
+def test_a_marker_pasted_by_someone_else_is_not_a_reply_of_ours(gl, client):
+    answer = {
+        "id": DISCUSSION,
+        "individual_note": False,
+        "notes": [note_json(20, f"/workspace start\n{MARKER}", 5)],
+    }
+    path = f"/projects/1/merge_requests/7/discussions/{DISCUSSION}"
+    stub(gl, "GET", path, answer=answer)
+
+    assert client.replied(1, 7, DISCUSSION, MARKER, BOT_ID) is False
 
 
 @pytest.mark.parametrize(("body", "expected"), [(f"ok\n{MARKER}", True), ("ok", False)])
@@ -475,7 +487,7 @@ def test_replied_without_a_thread_reads_every_page_of_notes(gl, client, body, ex
     pages = [[note_json(20, "/workspace start", 5)], [note_json(22, body)]]
     stub_pages(gl, NOTES, {"per_page": "100"}, pages)
 
-    assert client.replied(1, 7, None, MARKER) is expected
+    assert client.replied(1, 7, None, MARKER, BOT_ID) is expected
 
 
 AWARDED = {
@@ -778,8 +790,10 @@ def first(call: Callable[[Client], object], request: str, name: str) -> Any:
             lambda c: c.reply(1, 7, DISCUSSION, "x"), f"POST {THREAD}/notes", "reply"
         ),
         first(lambda c: c.reply(1, 7, None, "x"), f"POST {NOTES}", "reply on MR"),
-        first(lambda c: c.replied(1, 7, DISCUSSION, "x"), f"GET {THREAD}", "replied"),
-        first(lambda c: c.replied(1, 7, None, "x"), f"GET {NOTES}", "replied on MR"),
+        first(
+            lambda c: c.replied(1, 7, DISCUSSION, "x", 1), f"GET {THREAD}", "replied"
+        ),
+        first(lambda c: c.replied(1, 7, None, "x", 1), f"GET {NOTES}", "replied on MR"),
         first(lambda c: c.user_id("alice"), "GET /users", "user_id"),
         first(
             lambda c: c.ensure_environment(1, ENV, JOIN),
