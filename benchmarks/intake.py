@@ -454,7 +454,7 @@ def _figures(
     ]
     machine = _report.machine()
     title = (
-        f"Webhook intake: gunicorn gthread 2x8, SQLite, {options.duration:g} s "
+        f"Webhook intake: gunicorn gthread 1x8, SQLite, {options.duration:g} s "
         f"per run, {machine['cores']} cores, {machine['date']}"
     )
 

@@ -53,10 +53,10 @@ def create_app(
         SESSION_COOKIE_SAMESITE="Lax",
     )
     endpoint_proxy.init_app(app)  # first: endpoint hosts see no other route
-    app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     auth.init_app(app)
     terminal.init_app(app)
+    app.wsgi_app = webhooks.Receiver(app.wsgi_app, settings, store)  # type: ignore[method-assign]
     return app
 
 

@@ -5,7 +5,8 @@ the same Idempotency-Key is recognised and changes nothing; a wrong or missing
 secret is 401 and stores nothing; a bad signature is 401 when signing is on;
 malformed bodies are 400 with a reason; events the bot does not use still get
 200 (GitLab disables hooks that fail); oversized bodies are refused; comments by
-the bot itself are ignored; merge after open leaves the MR wanted gone.
+the bot itself are ignored; merge after open leaves the MR wanted gone; only
+POST is answered; the path on a workspace endpoint's host is not the bot's.
 """
 
 import base64
@@ -186,3 +187,25 @@ def test_with_signing_on_a_valid_signature_is_accepted_and_a_stale_one_refused(
     assert post(c, body, **replay).status_code == 401
     tampered = signed(body, msg_id="msg_3")
     assert post(c, body + b" ", **tampered).status_code == 401
+
+
+def test_only_post_is_answered(client, store):
+    r = client.get("/webhooks/gitlab")
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    assert rows(store, Delivery) == []
+
+
+def test_the_path_on_an_endpoint_host_belongs_to_the_workspace(store, settings):
+    app = create_app(
+        settings.with_overrides(endpoints_domain="endpoints.test"),
+        store=store,
+        gitlab=Client(settings),
+    )
+    r = post(
+        app.test_client(), sample("mr_open.json"), Host="web--p1-mr2.endpoints.test"
+    )
+    # The endpoint proxy's page (a POST without the endpoint's cookie), not ours.
+    assert r.status_code == 401 and r.mimetype == "text/html"
+    assert rows(store, Delivery) == []
+    r = post(app.test_client(), sample("mr_open.json"), Host="bot.test")
+    assert r.status_code == 200
