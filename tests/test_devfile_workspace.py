@@ -1,11 +1,12 @@
 """Workspaces follow the devfile of the commit they run, on real Podman.
 
 Cases: the devfile's image, environment, memory limit, volume and postStart
-commands are applied, and what is not applied (endpoints) is named in the
-comment; an invalid devfile fails the workspace with a comment naming the key
-and line; an image outside the admin's allow-list is refused; after a fork
-approval, the devfile is read from the approved commit, not the fork's newer
-head; a project without a devfile gets the default image.
+commands are applied, and the comment names the endpoint with the setting that
+exposes it (exposed endpoints: tests/test_endpoints_workspace.py); an invalid
+devfile fails the workspace with a comment naming the key and line; an image
+outside the admin's allow-list is refused; after a fork approval, the devfile
+is read from the approved commit, not the fork's newer head; a project without
+a devfile gets the default image.
 """
 
 import subprocess
