@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,19 +64,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _import_workspace_image(env: dict[str, str]) -> None:
-    exists = subprocess.run(
-        ["podman", "image", "exists", WORKSPACE_IMAGE], env=env, check=False
+def require_podman() -> None:
+    """Skip or fail (see :func:`missing`) unless rootful Podman can run here."""
+    if shutil.which("podman") is None:
+        missing("podman")
+    if os.geteuid() != 0:
+        missing("rootful podman (run the tests as root)")
+
+
+def podman(
+    *args: str, env: Mapping[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The podman CLI with the suite's containers.conf; ``env`` adds variables
+    (a secret goes there and into ``-e NAME``, never into the arguments)."""
+    done = subprocess.run(
+        ["podman", *args],
+        env={**podman_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    if exists.returncode != 0:
-        if not ROOTFS_TAR.exists():
-            missing(f"{ROOTFS_TAR} (run scripts/setup.sh)")
-        subprocess.run(
-            ["podman", "import", "-q", str(ROOTFS_TAR), WORKSPACE_IMAGE],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"podman {args[0]} exited {done.returncode}: {done.stderr.strip()}"
         )
+    return done
+
+
+def import_image(rootfs_tar: Path, image: str) -> None:
+    """Import a root filesystem built by scripts/setup.sh as ``image``, once."""
+    if podman("image", "exists", image, check=False).returncode == 0:
+        return
+    if not rootfs_tar.exists():
+        missing(f"{rootfs_tar} (run scripts/setup.sh)")
+    podman("import", "-q", str(rootfs_tar), image)
 
 
 class PodmanService:
@@ -85,12 +106,9 @@ class PodmanService:
     clients reconnect once it is back."""
 
     def __init__(self) -> None:
-        if shutil.which("podman") is None:
-            missing("podman")
-        if os.geteuid() != 0:
-            missing("rootful podman (run the tests as root)")
+        require_podman()
         self._env = podman_env()
-        _import_workspace_image(self._env)
+        import_image(ROOTFS_TAR, WORKSPACE_IMAGE)
         self._tmp = Path(tempfile.mkdtemp(prefix="rwbot-podman-"))
         self._sock = self._tmp / "podman.sock"
         self.url = f"unix://{self._sock}"
