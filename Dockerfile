@@ -35,7 +35,8 @@ RUN if ! dpkg -s git ca-certificates >/dev/null 2>&1; then \
       && apt-get install -y --no-install-recommends git ca-certificates \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin rwbot
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin rwbot \
+ && install -d -o 10001 -g 10001 -m 0700 /data
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -55,7 +56,10 @@ RUN --mount=type=bind,from=wheels,target=/wheels \
 USER 10001
 # PATH in full: an imported root filesystem has no PATH of its own to extend.
 ENV PATH=/opt/rwbot/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 PYTHONUNBUFFERED=1 RWBOT_LOG_FORMAT=json
+    LANG=C.UTF-8 PYTHONUNBUFFERED=1 RWBOT_LOG_FORMAT=json \
+    RWBOT_DATABASE_URL=sqlite:////data/rwbot.db
+# SQLite's file lives here (mount a volume); replicas use PostgreSQL instead.
+VOLUME /data
 EXPOSE 8080
 # No control socket: gunicorn would put it under $HOME, and this user has none.
 CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--worker-class", "gthread", \

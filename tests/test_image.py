@@ -8,7 +8,8 @@ wheelhouse. ``--network=none`` proves nothing else is fetched. Cases:
 - the image runs as uid 10001, not root, and ``rwbot --help`` works;
 - the image's own command, gunicorn, answers ``/healthz`` as uid 10001 in a
   network namespace with nothing but loopback (shared with a GitLab double,
-  which the app asks who it is at start);
+  which the app asks who it is at start), and after ``rwbot migrate`` into the
+  image's default SQLite file ``/readyz`` too;
 - /app holds only what the Dockerfile copies: no .git, .venv, tests or secrets.
 """
 
@@ -57,9 +58,9 @@ contexts: [{name: none, context: {cluster: none, user: bot}}]
 current-context: none
 """
 
-HEALTHZ = (
+PROBE = (
     "import sys, urllib.request;"
-    "answer = urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2);"
+    "answer = urllib.request.urlopen('http://127.0.0.1:8080' + sys.argv[1], timeout=2);"
     "sys.exit(answer.status != 200)"
 )
 
@@ -135,14 +136,16 @@ def logs(container: str) -> str:
     return done.stdout + done.stderr
 
 
-def healthz_answers(container: str) -> bool:
+def answers(container: str, path: str) -> bool:
     state = services.podman(
         "inspect", "--format={{.State.Running}}", container
     ).stdout.strip()
     if state != "true":
         pytest.fail(f"the bot's container stopped:\n{logs(container)}", pytrace=False)
 
-    answer = services.podman("exec", container, "python3", "-c", HEALTHZ, check=False)
+    answer = services.podman(
+        "exec", container, "python3", "-c", PROBE, path, check=False
+    )
     return answer.returncode == 0
 
 
@@ -186,11 +189,16 @@ def test_gunicorn_serves_healthz_with_no_network(image, gitlab_netns, tmp_path):
     )
     try:
         services.wait_for(
-            lambda: healthz_answers(container), timeout=60, what="/healthz"
+            lambda: answers(container, "/healthz"), timeout=60, what="/healthz"
         )
         status = services.podman("exec", container, "cat", "/proc/1/status").stdout
         uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
         assert uids.split()[1:] == [BOT_UID] * 4
+        # The image's default SQLite file is writable by the bot's user.
+        services.podman("exec", container, "rwbot", "migrate")
+        services.wait_for(
+            lambda: answers(container, "/readyz"), timeout=60, what="/readyz"
+        )
         assert "ERROR" not in logs(container)
     finally:
         services.podman("rm", "--force", "--time=0", container, check=False)
