@@ -77,7 +77,7 @@ def init_app(app: Any) -> None:
     http = requests.Session()
     http.headers.clear()  # forward the viewer's headers, add none of our own
     http.trust_env = False  # workspaces are reached directly, never via a proxy
-    app.extensions["rwbot_endpoints"] = (endpoints.Redeemed(), http)
+    app.extensions["rwbot_endpoints"] = http
     app.before_request(_endpoint_hosts)
     app.register_blueprint(bp)
 
@@ -89,6 +89,14 @@ def _deps() -> tuple[Any, Any, Any, Any]:
 
 def _page(title: str, reason: str, status: int) -> ResponseReturnValue:
     return render_template("refused.html.j2", title=title, reason=reason), status
+
+
+def _try_later() -> ResponseReturnValue:
+    return _page(
+        "The endpoint cannot be opened right now",
+        "Please try again in a moment.",
+        503,
+    )
 
 
 def _origin(public_url: str, host: str) -> str:
@@ -124,11 +132,7 @@ def enter(project_id: int, mr_iid: int, name: str) -> ResponseReturnValue:
         status = err.kind.value if isinstance(err, provision.Refused) else 404
         return _page("You cannot open this endpoint", err.reason, status)
     except (TemporaryError, ValueError):
-        return _page(
-            "The endpoint cannot be opened right now",
-            "Please try again in a moment.",
-            503,
-        )
+        return _try_later()
 
     path = request.args.get("path") or target.path
     ticket = endpoints.issue_ticket(settings.session_secret, host, person.id, path)
@@ -169,19 +173,21 @@ def _endpoint_hosts() -> ResponseReturnValue | None:
 
 
 def _redeem(secret: str, host: str, secure: bool) -> ResponseReturnValue:
-    state = current_app.extensions["rwbot_endpoints"][0]
+    store = current_app.config["RWBOT_STORE"]
     try:
-        user_id, path = endpoints.redeem_ticket(
-            secret, request.args.get("ticket", ""), host, state
-        )
+        ticket = endpoints.check_ticket(secret, request.args.get("ticket", ""), host)
+        if not store.redeem_ticket(ticket.id, ticket.expires_at):
+            raise endpoints.Refused("This link was used already.")
     except endpoints.Refused as err:
         reason = f"{err.reason} Open the endpoint from the merge request again."
         return _page("You cannot open this endpoint", reason, 403)
+    except TemporaryError:
+        return _try_later()
 
-    response = redirect(path)
+    response = redirect(ticket.path)
     response.set_cookie(
         endpoints.cookie_name(secure),
-        endpoints.issue_cookie(secret, host, user_id),
+        endpoints.issue_cookie(secret, host, ticket.user_id),
         max_age=endpoints.RECHECK_SECONDS,
         path="/",
         secure=secure,
@@ -225,7 +231,7 @@ def _proxy(found: endpoints.Host, host: str, secure: bool) -> ResponseReturnValu
     if length is not None and length > MAX_BODY:
         return _page("Too large", "The request body is too large.", 413)
 
-    http = current_app.extensions["rwbot_endpoints"][1]
+    http = current_app.extensions["rwbot_endpoints"]
     try:
         upstream = http.request(
             request.method,

@@ -10,16 +10,17 @@ redeems it for a host-only *cookie* bound to that host, and the cookie is sent
 back through the entry route every :data:`RECHECK_SECONDS`.
 
 Everything here is plain functions with no I/O; :mod:`bot.endpoint_proxy` is the
-web side. Tickets and cookies are signed with the bot's session secret through
+web side, and the store records each ticket's one redemption, so it holds across
+web replicas. Tickets and cookies are signed with the bot's session secret through
 itsdangerous, each with a salt of its own, so one can never stand in for the
 other (nor for a Flask session).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from bot.runtime import base
 PROTOCOLS = ("http", "https")
 #: Seconds a ticket is good for: long enough for one redirect, no longer.
 TICKET_SECONDS = 30
+#: Longest ticket id the store keeps (the nonce is 22 characters).
+TICKET_ID_LENGTH = 64
 #: Seconds a cookie is honoured after the access check that issued it. A member
 #: removed from the project keeps at most this long on pages they already had
 #: open; checking on every request instead would put a GitLab API call in front
@@ -181,52 +184,45 @@ def issue_ticket(
     return URLSafeSerializer(secret, salt=_TICKET_SALT).dumps(payload)
 
 
-class Redeemed:
-    """Nonces of tickets already used, kept until the tickets expire.
+@dataclass(frozen=True)
+class Ticket:
+    """A ticket whose signature, host and age are good: who, where to, and the
+    id and expiry its one use is recorded under in the store."""
 
-    TODO: per process — with several web replicas a ticket could be redeemed
-    once on each within its 30 seconds; a shared table would close that.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._until: dict[str, float] = {}
-
-    def first_use(self, nonce: str, now: float) -> bool:
-        with self._lock:
-            self._until = {n: t for n, t in self._until.items() if t > now}
-            if nonce in self._until:
-                return False
-            self._until[nonce] = now + TICKET_SECONDS
-            return True
+    user_id: int
+    path: str
+    id: str
+    #: Naive UTC, as the store keeps times.
+    expires_at: dt.datetime
 
 
-def redeem_ticket(
-    secret: str,
-    ticket: str,
-    host: str,
-    redeemed: Redeemed,
-    now: float | None = None,
-) -> tuple[int, str]:
-    """The user id and landing path of a ticket presented at ``host``.
+def check_ticket(
+    secret: str, ticket: str, host: str, now: float | None = None
+) -> Ticket:
+    """The ticket presented at ``host``, if it may be redeemed there now.
+
+    Whether it was redeemed before is not known here: the caller records the
+    redemption in the store, which refuses a second one.
 
     Raises:
-        Refused: forged, expired, used already, or made for another host.
+        Refused: forged, expired, or made for another host.
     """
     now = now if now is not None else time.time()
     data = _load(secret, _TICKET_SALT, ticket)
     if data is None:
         raise Refused("This link is not valid.")
-    issued, user_id = data.get("t"), data.get("u")
+    issued, user_id, nonce = data.get("t"), data.get("u"), data.get("n")
     if not isinstance(issued, int) or not isinstance(user_id, int):
+        raise Refused("This link is not valid.")
+    if not isinstance(nonce, str) or not 0 < len(nonce) <= TICKET_ID_LENGTH:
         raise Refused("This link is not valid.")
     if data.get("h") != host:
         raise Refused("This link was made for another endpoint.")
     if not 0 <= now - issued <= TICKET_SECONDS:
         raise Refused("This link has expired.")
-    if not redeemed.first_use(str(data.get("n")), now):
-        raise Refused("This link was used already.")
-    return user_id, safe_path(data.get("p"))
+    expires_at = dt.datetime.fromtimestamp(issued + TICKET_SECONDS, dt.UTC)
+    path = safe_path(data.get("p"))
+    return Ticket(user_id, path, nonce, expires_at.replace(tzinfo=None))
 
 
 # -- cookies ------------------------------------------------------------------

@@ -6,8 +6,8 @@ the reconciler runs :meth:`Resync.run`, which re-reads the served projects' open
 merge requests (and the tracked ones that are no longer open) from GitLab and
 folds them into the store, removes runtime objects labelled as ours that no row
 wants (orphans), locks out members who lost access, and forgets old
-deliveries. It only changes the store and marks rows due; converging is the
-reconciler's job.
+deliveries and expired endpoint tickets. It only changes the store and marks
+rows due; converging is the reconciler's job.
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ from bot.gitlab import Client, NotFound, Project
 from bot.lifecycle import Desired, Phase
 from bot.runtime.base import Runtime
 from bot.settings import Settings
-from bot.store import Delivery, Member, Store, Workspace, utcnow
+from bot.store import Delivery, Member, RedeemedTicket, Store, Workspace, utcnow
 
 log = logging.getLogger(__name__)
 
 #: How long deliveries are kept for recognising redeliveries.
 DELIVERY_RETENTION = dt.timedelta(days=7)
+#: How long a redeemed ticket is kept after it expired: a web replica whose clock
+#: lags the worker's by less than this still finds it, and refuses it again.
+TICKET_GRACE = dt.timedelta(minutes=1)
 
 
 class Resync:
@@ -77,12 +80,7 @@ class Resync:
                 self._resync_one(ws)
         self._remove_orphans()
         self._sweep_access()
-        with self.store.session() as session:
-            session.execute(
-                sa.delete(Delivery).where(
-                    Delivery.received_at < utcnow() - DELIVERY_RETENTION
-                )
-            )
+        forget_old(self.store)
         log.info(
             "resync done", extra={"seconds": round(time.perf_counter() - started, 3)}
         )
@@ -183,6 +181,21 @@ class Resync:
                     "removing an orphaned workspace", extra={"workspace": listed.name}
                 )
                 self.runtime.remove(listed.key)
+
+
+def forget_old(store: Store) -> None:
+    """Delete deliveries past their retention and redeemed endpoint tickets past
+    their expiry (with :data:`TICKET_GRACE`), so neither table keeps growing."""
+    now = utcnow()
+    with store.session() as session:
+        session.execute(
+            sa.delete(Delivery).where(Delivery.received_at < now - DELIVERY_RETENTION)
+        )
+        session.execute(
+            sa.delete(RedeemedTicket).where(
+                RedeemedTicket.expires_at < now - TICKET_GRACE
+            )
+        )
 
 
 def _gone(ws: Workspace) -> lifecycle.MergeRequestFacts:

@@ -210,6 +210,17 @@ class AuditEntry(Base):
     outcome: orm.Mapped[str] = orm.mapped_column(sa.String(16))
 
 
+class RedeemedTicket(Base):
+    """An endpoint ticket already used (see :mod:`bot.endpoints`), kept until it
+    has expired anyway; the primary key is what makes a ticket single-use
+    across web replicas."""
+
+    __tablename__ = "redeemed_tickets"
+
+    id: orm.Mapped[str] = orm.mapped_column(sa.String(64), primary_key=True)
+    expires_at: orm.Mapped[dt.datetime] = orm.mapped_column(index=True)
+
+
 class Store:
     """Owns the engine and hands out sessions; one per process."""
 
@@ -272,7 +283,25 @@ class Store:
                     raise TemporaryError("database unavailable") from err
                 raise
 
-    def _alembic(self) -> Any:
+    def redeem_ticket(self, ticket_id: str, expires_at: dt.datetime) -> bool:
+        """Record the use of a ticket; False when it was used before, by this
+        replica or another.
+
+        The insert alone decides: when two replicas redeem one ticket at the
+        same moment, the primary key lets exactly one of them commit, which a
+        read before the write could not promise.
+        """
+        row = {"id": ticket_id, "expires_at": expires_at}
+        try:
+            with self.transaction() as conn:
+                conn.execute(sa.insert(RedeemedTicket).values(row))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def alembic_config(self) -> Any:
+        """Alembic's configuration for ``bot/migrations``; the migrations run on
+        the connection put in its ``attributes["connection"]``."""
         from alembic.config import Config
 
         cfg = Config()
@@ -289,7 +318,7 @@ class Store:
         """
         from alembic import command
 
-        cfg = self._alembic()
+        cfg = self.alembic_config()
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(72390417)"))
@@ -302,7 +331,7 @@ class Store:
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
-        head = ScriptDirectory.from_config(self._alembic()).get_current_head()
+        head = ScriptDirectory.from_config(self.alembic_config()).get_current_head()
         try:
             with self.engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_revision()

@@ -1,23 +1,34 @@
-"""Endpoint host names, tickets and cookies (bot/endpoints.py), no I/O.
+"""Endpoint host names, tickets and cookies (bot/endpoints.py), and the store
+that makes a ticket single-use across web replicas.
 
 Cases: every endpoint of every workspace gets one lower-case DNS label that
 parses back to exactly it (property-based), and hosts not made by the bot parse
 to nothing; only public http(s) endpoints are exposed, the rest are named with
-the reason; a ticket that is forged, expired, replayed or presented at another
-host is refused; a cookie of workspace A is refused on workspace B's host, and
-one whose access check is older than the recheck interval sends the viewer
-back; the endpoints domain setting is validated.
+the reason; a ticket that is forged, expired or presented at another host is
+refused; on SQLite and PostgreSQL, a ticket redeemed on one of two apps sharing
+a database is refused on both, replicas redeeming one ticket at once let exactly
+one in, and the resync forgets expired tickets; a cookie of workspace A is
+refused on workspace B's host, and one whose access check is older than the
+recheck interval sends the viewer back; the endpoints domain setting is
+validated.
 """
 
+import datetime as dt
 import re
+import threading
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot import endpoints, settings
+from bot import endpoints, resync, settings
+from bot.app import create_app
 from bot.devfile.model import Endpoint
+from bot.gitlab import Client
 from bot.runtime.base import WorkspaceKey
+from bot.settings import Settings
+from bot.store import RedeemedTicket, Store, utcnow
 
 SECRET = "s3cret-for-tests"
 DOMAIN = "endpoints.example.com"
@@ -98,45 +109,120 @@ def test_endpoint_notes_split_from_the_others():
 # -- tickets ---------------------------------------------------------------------
 
 
-def test_a_good_ticket_gives_its_user_and_path_once():
-    redeemed = endpoints.Redeemed()
+def test_a_good_ticket_gives_its_user_path_id_and_expiry():
     ticket = endpoints.issue_ticket(SECRET, A, 42, "/app?x=1", now=1000)
 
-    assert endpoints.redeem_ticket(SECRET, ticket, A, redeemed, now=1010) == (
-        42,
-        "/app?x=1",
-    )
-    with pytest.raises(endpoints.Refused, match="used already"):
-        endpoints.redeem_ticket(SECRET, ticket, A, redeemed, now=1011)
+    checked = endpoints.check_ticket(SECRET, ticket, A, now=1010)
+
+    assert (checked.user_id, checked.path) == (42, "/app?x=1")
+    assert checked.expires_at == dt.datetime(1970, 1, 1, 0, 17, 10)  # 1000 + 30 s
+    other = endpoints.issue_ticket(SECRET, A, 42, "/app?x=1", now=1000)
+    assert endpoints.check_ticket(SECRET, other, A, now=1010).id != checked.id
 
 
 def test_a_forged_ticket_is_refused():
     ticket = endpoints.issue_ticket("another-secret", A, 42, "/", now=1000)
     with pytest.raises(endpoints.Refused, match="not valid"):
-        endpoints.redeem_ticket(SECRET, ticket, A, endpoints.Redeemed(), now=1000)
+        endpoints.check_ticket(SECRET, ticket, A, now=1000)
     tampered = endpoints.issue_ticket(SECRET, A, 42, "/", now=1000)[:-2] + "AA"
     with pytest.raises(endpoints.Refused, match="not valid"):
-        endpoints.redeem_ticket(SECRET, tampered, A, endpoints.Redeemed(), now=1000)
+        endpoints.check_ticket(SECRET, tampered, A, now=1000)
 
 
 def test_an_expired_ticket_is_refused():
     ticket = endpoints.issue_ticket(SECRET, A, 42, "/", now=1000)
     late = 1000 + endpoints.TICKET_SECONDS + 1
     with pytest.raises(endpoints.Refused, match="expired"):
-        endpoints.redeem_ticket(SECRET, ticket, A, endpoints.Redeemed(), now=late)
+        endpoints.check_ticket(SECRET, ticket, A, now=late)
 
 
 def test_a_ticket_for_one_host_is_refused_on_another():
     ticket = endpoints.issue_ticket(SECRET, A, 42, "/", now=1000)
     with pytest.raises(endpoints.Refused, match="another endpoint"):
-        endpoints.redeem_ticket(SECRET, ticket, B, endpoints.Redeemed(), now=1000)
+        endpoints.check_ticket(SECRET, ticket, B, now=1000)
 
 
 def test_a_ticket_never_lands_on_another_host():
     for path in ("//evil.example/", "https://evil.example/", "\\\\evil", "/a\nb"):
         ticket = endpoints.issue_ticket(SECRET, A, 42, path, now=1000)
-        redeemed = endpoints.Redeemed()
-        assert endpoints.redeem_ticket(SECRET, ticket, A, redeemed, now=1000)[1] == "/"
+        assert endpoints.check_ticket(SECRET, ticket, A, now=1000).path == "/"
+
+
+# -- one use, across replicas ------------------------------------------------------
+
+
+@pytest.fixture
+def replicas(store):
+    """Two web apps, each with its own engine on one database: two replicas."""
+    common = Settings(
+        gitlab_url="http://127.0.0.1:9",
+        gitlab_token="tok",
+        webhook_secret="s3cret",
+        public_url="http://bot.test",
+        database_url=store.url,
+        session_secret=SECRET,
+        endpoints_domain=DOMAIN,
+        bot_user_id=99,
+    )
+    apps = [create_app(common, gitlab=Client(common)) for _ in range(2)]
+    yield [app.test_client() for app in apps]
+    for app in apps:
+        app.config["RWBOT_STORE"].dispose()
+
+
+def enter(client, ticket):
+    return client.get(
+        endpoints.ENTER_PATH, query_string={"ticket": ticket}, base_url=f"http://{A}"
+    )
+
+
+def test_a_ticket_redeemed_on_one_replica_is_refused_on_the_other(replicas):
+    first, second = replicas
+    ticket = endpoints.issue_ticket(SECRET, A, 42, "/app")
+
+    entered = enter(first, ticket)
+    assert entered.status_code == 302 and entered.headers["Location"] == "/app"
+    assert "rwbot-endpoint=" in entered.headers["Set-Cookie"]
+
+    for replica in (second, first):
+        replayed = enter(replica, ticket)
+        assert replayed.status_code == 403 and "used already" in replayed.text
+        assert "Set-Cookie" not in replayed.headers
+
+
+def test_replicas_redeeming_one_ticket_at_once_let_exactly_one_in(store):
+    stores = [Store(store.url) for _ in range(2)]
+    expires_at = utcnow() + dt.timedelta(seconds=endpoints.TICKET_SECONDS)
+    start = threading.Barrier(8)
+    results = []
+
+    def redeem(replica):
+        start.wait()
+        results.append(replica.redeem_ticket("the-ticket", expires_at))
+
+    threads = [threading.Thread(target=redeem, args=(stores[i % 2],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for replica in stores:
+        replica.dispose()
+
+    assert sorted(results) == [False] * 7 + [True]
+
+
+def test_the_resync_forgets_tickets_once_they_expired(store):
+    now = utcnow()
+    assert store.redeem_ticket("old", now - resync.TICKET_GRACE - dt.timedelta(1))
+    assert store.redeem_ticket("recent", now - dt.timedelta(seconds=1))
+    assert store.redeem_ticket("live", now + dt.timedelta(seconds=20))
+
+    resync.forget_old(store)
+
+    with store.session() as session:
+        kept = set(session.scalars(sa.select(RedeemedTicket.id)))
+    assert kept == {"recent", "live"}
+    assert not store.redeem_ticket("live", now + dt.timedelta(seconds=20))
 
 
 # -- cookies ---------------------------------------------------------------------
@@ -166,7 +252,7 @@ def test_a_ticket_is_no_cookie_and_a_cookie_no_ticket():
     cookie = endpoints.issue_cookie(SECRET, A, 42, now=1000)
     assert endpoints.check_cookie(SECRET, [ticket], A, now=1000) is None
     with pytest.raises(endpoints.Refused):
-        endpoints.redeem_ticket(SECRET, cookie, A, endpoints.Redeemed(), now=1000)
+        endpoints.check_ticket(SECRET, cookie, A, now=1000)
 
 
 # -- setting ---------------------------------------------------------------------

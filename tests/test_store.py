@@ -2,10 +2,11 @@
 releasing a row that changed during a pass, and the lifecycle decisions that
 fold GitLab's facts into a row.
 
-Cases: a due row is claimed by exactly one worker; an expired lease lets another
-worker take over (the first was killed); a row changed by an event during a
-pass stays due; stale and unchanged facts do not bump the row; a reopened MR
-gets a new generation; fork and draft MRs are held.
+Cases: the redeemed-tickets table migrates up from 0004 (a ticket is taken once)
+and back down; a due row is claimed by exactly one worker; an expired lease lets
+another worker take over (the first was killed); a row changed by an event
+during a pass stays due; stale and unchanged facts do not bump the row; a
+reopened MR gets a new generation; fork and draft MRs are held.
 """
 
 import datetime as dt
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from bot import lifecycle
 from bot.lifecycle import Action, Desired, Phase
-from bot.store import Workspace, claim, release, utcnow
+from bot.store import Store, Workspace, claim, release, utcnow
 
 
 def facts(**overrides):
@@ -47,6 +48,30 @@ def test_migrating_twice_is_harmless(store):
     store.migrate()
     with store.session() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Workspace)) == 0
+
+
+def test_redeemed_tickets_migrate_up_from_0004_and_back_down(database_url):
+    from alembic import command
+
+    store = Store(database_url)
+    config = store.alembic_config()
+
+    def tables():
+        return set(sa.inspect(store.engine).get_table_names())
+
+    def run(step, revision):
+        with store.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            step(config, revision)
+
+    run(command.upgrade, "0004")
+    assert "workspaces" in tables() and "redeemed_tickets" not in tables()
+    run(command.upgrade, "0005")
+    assert store.redeem_ticket("t", utcnow())
+    assert not store.redeem_ticket("t", utcnow())
+    run(command.downgrade, "0004")
+    assert "redeemed_tickets" not in tables() and "workspaces" in tables()
+    store.dispose()
 
 
 def test_a_due_row_is_claimed_by_exactly_one_worker(store):
