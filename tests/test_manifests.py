@@ -2,14 +2,18 @@
 
 Covers: every rendered workspace object (default, fully configured, and shaped
 by a devfile with env, limits, persistent and ephemeral volumes) and the chart
-rendered with default values and with ``tests/helm/full-values.yaml``
-validate strictly against the oldest and newest Kubernetes minor we claim
+rendered with default values and with ``tests/helm/full-values.yaml`` validate
+strictly against the oldest and newest Kubernetes minor we claim
 (``SUPPORTED_KUBERNETES``); ``helm lint --strict`` is clean; our own rules
 (capabilities, no privilege escalation, seccomp, resources, labels, read-only
 root filesystem, no service account token in workspaces); untrusted strings
 cannot change a manifest's structure; NOTES tell the admin the URLs to register;
-and the chart's ClusterRole grants exactly the (apiGroup, resource, verb)
-triples the runtime was seen to use against the API double in a full lifecycle.
+with ``endpoints.domain`` the chart sets RWBOT_ENDPOINTS_DOMAIN, routes the
+wildcard host with its own TLS Secret and NOTES ask for wildcard DNS and
+certificate, and without it none of that (the domain is schema-checked); web
+pods carry the labels workspace NetworkPolicies admit; and the chart's
+ClusterRole grants exactly the (apiGroup, resource, verb) triples the runtime
+was seen to use against the API double in a full lifecycle.
 """
 
 from __future__ import annotations
@@ -534,6 +538,86 @@ def test_notes_give_the_webhook_url_and_oauth_redirect_uri() -> None:
     assert "https://workspaces.example.com/auth/callback" in text
     assert "WARNING" not in text
     assert "WARNING: secrets.gitlabToken is not set" in notes({})
+
+
+def without_endpoints() -> Obj:
+    values = full_values()
+    del values["endpoints"]
+    return values
+
+
+def test_endpoints_domain_sets_the_variable_and_routes_its_wildcard_host() -> None:
+    objects = chart_objects(full_values())
+    config = next(o for o in objects if o["kind"] == "ConfigMap")
+    web = next(o for o in objects if o["metadata"]["name"] == "rwbot-web")
+    (ingress,) = [o for o in objects if o["kind"] == "Ingress"]
+
+    assert config["data"]["RWBOT_ENDPOINTS_DOMAIN"] == "preview.example.net"
+    container = web["spec"]["template"]["spec"]["containers"][0]
+    assert {"configMapRef": {"name": config["metadata"]["name"]}} in container[
+        "envFrom"
+    ]
+    rules = {rule["host"]: rule for rule in ingress["spec"]["rules"]}
+    assert set(rules) == {"workspaces.example.com", "*.preview.example.net"}
+    assert rules["*.preview.example.net"]["http"]["paths"] == [
+        {
+            "path": "/",
+            "pathType": "Prefix",
+            "backend": {"service": {"name": "rwbot", "port": {"name": "http"}}},
+        }
+    ]
+    assert {
+        "hosts": ["*.preview.example.net"],
+        "secretName": "preview-wildcard-tls",
+    } in ingress["spec"]["tls"]
+    text = notes(full_values())
+    assert "wildcard DNS record *.preview.example.net" in text
+    assert "certificate for *.preview.example.net" in text
+
+
+@pytest.mark.parametrize("values", [{}, without_endpoints()], ids=["default", "full"])
+def test_without_an_endpoints_domain_there_is_no_variable_and_no_wildcard(
+    values: Obj,
+) -> None:
+    objects = chart_objects(values)
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+
+    assert "RWBOT_ENDPOINTS_DOMAIN" not in config
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):
+        assert [r["host"] for r in ingress["spec"]["rules"]] == [
+            "workspaces.example.com"
+        ]
+        assert [t["hosts"] for t in ingress["spec"]["tls"]] == [
+            ["workspaces.example.com"]
+        ]
+    assert "*." not in notes(values)
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_web_pods_carry_the_labels_workspace_policies_admit(which: str) -> None:
+    """Workspaces' NetworkPolicies admit pods matching RWBOT_K8S_BOT_POD_LABELS
+    in RWBOT_K8S_BOT_NAMESPACE; the web pods, which proxy endpoints, must."""
+    objects = chart_objects({} if which == "default" else full_values())
+    config = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    web = next(
+        o
+        for o in objects
+        if o["kind"] == "Deployment"
+        and "web" in [c["name"] for c in o["spec"]["template"]["spec"]["containers"]]
+    )
+
+    labels = web["spec"]["template"]["metadata"]["labels"]
+    wanted = dict(
+        p.split("=", 1) for p in config["RWBOT_K8S_BOT_POD_LABELS"].split(",")
+    )
+    assert wanted.items() <= labels.items()
+    assert config["RWBOT_K8S_BOT_NAMESPACE"] == "bots"
+
+
+def test_the_endpoints_domain_must_be_a_lower_case_dns_name() -> None:
+    for bad in ("Preview.Example.net", "bad_name.example", "a..b", "-a.b", "*.x.y"):
+        with pytest.raises(helm.errors.HelmValuesError, match="endpoints/domain"):
+            chart_objects({"endpoints": {"domain": bad}})
 
 
 # -- RBAC ------------------------------------------------------------------------------
