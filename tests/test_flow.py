@@ -6,13 +6,43 @@ the comment say the workspace is behind; merging removes the container and its
 volume and says so; a reopened MR gets a fresh workspace; a fork MR gets no
 container and a comment asking for approval; redelivered events and repeated
 reconcile passes never post a second comment; a missed merge webhook is
-corrected by the resync; an orphaned container is removed by the resync.
+corrected by the resync; an orphaned container is removed by the resync; the
+container the bot creates is hardened as configured (capabilities, init,
+no-new-privileges, limits, labels), and PID 1 and a reviewer's shell hold the
+capabilities they should and no more.
 """
 
 import pytest
 
+from bot import accounts
 from tests import harness
 from tests.gitlab_double import DEVELOPER
+
+#: Capability numbers from linux/capability.h, for reading /proc/<pid>/status.
+CAP_BITS = {
+    "CHOWN": 0,
+    "DAC_OVERRIDE": 1,
+    "FOWNER": 3,
+    "KILL": 5,
+    "SETGID": 6,
+    "SETUID": 7,
+}
+#: Exactly what the workspace keeps: user provisioning, and KILL so that
+#: revoking a reviewer can end their processes (root may not signal another
+#: user's processes without it).
+KEPT = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"}
+#: What Docker grants a container unless told otherwise; Podman's Docker API
+#: reports dropped capabilities against the same set.
+ENGINE_DEFAULTS = KEPT | {
+    "AUDIT_WRITE",
+    "FSETID",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETPCAP",
+    "SYS_CHROOT",
+}
 
 
 @pytest.fixture
@@ -210,3 +240,68 @@ def test_the_merge_request_widget_links_to_the_join_page(stack, project):
     stack.settle()
     (env,) = stack.gitlab.environments(project)
     assert env["state"] == "stopped"
+
+
+def _status_fields(status: str) -> dict[str, str]:
+    return dict(
+        (name, value.strip())
+        for name, _, value in (line.partition(":") for line in status.splitlines())
+    )
+
+
+def _caps(mask: str) -> set[str]:
+    bits = int(mask, 16)
+    unknown = bits & ~sum(1 << b for b in CAP_BITS.values())
+    assert unknown == 0, f"capabilities beyond the known ones: {unknown:#x}"
+    return {name for name, bit in CAP_BITS.items() if bits >> bit & 1}
+
+
+def test_the_bots_container_is_hardened_as_configured(stack, project):
+    mr = open_mr(stack, project)
+    stack.settle()
+    (container,) = stack.containers(mr)
+    container.reload()
+    host = container.attrs["HostConfig"]
+
+    dropped = {c.upper().removeprefix("CAP_") for c in host["CapDrop"] or ()}
+    added = {c.upper().removeprefix("CAP_") for c in host["CapAdd"] or ()}
+    # Docker reports what was asked (drop ALL, add KEPT); Podman reports the
+    # difference from its default set. Either way: nothing kept is dropped,
+    # nothing else is added, and every other default capability is gone.
+    assert added <= KEPT
+    assert not dropped & KEPT
+    assert "ALL" in dropped or dropped >= ENGINE_DEFAULTS - KEPT
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["Init"] is True
+    assert host["PidsLimit"] == stack.settings.workspace_pids
+    assert host["Memory"] == 512 * 1024 * 1024  # workspace_memory="512m"
+    assert host["NanoCpus"] == int(stack.settings.workspace_cpus * 1e9)
+    labels = container.labels
+    assert labels["app.kubernetes.io/managed-by"] == "review-workspace-bot"
+    assert labels["rwbot.project-id"] == str(project["id"])
+    assert labels["rwbot.mr-iid"] == str(mr["iid"])
+
+    init = _status_fields(stack.run_in(mr, "cat", "/proc/1/status"))
+    assert _caps(init["CapEff"]) == KEPT
+    assert _caps(init["CapBnd"]) == KEPT
+    assert init["NoNewPrivs"] == "1"
+    assert init["Seccomp"] == "2"  # the engine's default seccomp filter
+
+    stack.run_in(
+        mr,
+        *accounts.adduser_argv(
+            name="dana",
+            gitlab_user_id=4242,
+            gitlab_username="dana",
+            role=accounts.Role.WRITE,
+            git_name="Dana Dev",
+            git_email="dana@example.com",
+        ),
+    )
+    shell = _status_fields(
+        stack.run_in(mr, *accounts.shell_argv("dana", command="cat /proc/self/status"))
+    )
+    assert shell["Uid"].split()[0] == str(accounts.uid_for(4242))
+    for field in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert _caps(shell[field]) == set(), field
+    assert shell["NoNewPrivs"] == "1"
