@@ -10,11 +10,23 @@ objects; and namespace deletion that takes the namespace's objects with it.
 A Deployment with replicas > 0 gets one pod whose status follows
 :class:`PodBehaviour` (ready at once, ready when the test says so, or one of the
 failures a cluster shows). ``pods/exec`` is a real ``v4.channel.k8s.io``
-WebSocket: the command runs as a local subprocess (on a PTY when ``tty=true``;
-channel 4 resizes apply TIOCSWINSZ; channel 0 feeds its stdin when
-``stdin=true``, and is dropped otherwise), and the stream ends with a v1 Status
-on channel 3, as the kubelet does. As in v4, stdin is never closed: a command
-reads as much as it was told to.
+WebSocket (channel 0 feeds stdin when ``stdin=true`` and is dropped otherwise,
+1 and 2 carry stdout and stderr, 4 resizes the PTY of ``tty=true``), and the
+stream ends with a v1 Status on channel 3, as the kubelet does. As in v4, stdin
+is never closed: a command reads as much as it was told to.
+
+Where the command runs: given ``container`` (a running Podman container made
+from the workspace image, see the runtime tests), every pod's workspace
+container is that container: exec is ``podman exec -i [-t]``, on a PTY of ours
+for a TTY (so a resize reaches the container's terminal as in a real terminal),
+and the kubelet's part is played too: a new pod's postStart hook runs there
+before the pod counts as ready. Without one, the command runs as a local
+subprocess in a scratch directory, for the tests that look at the files a
+command left (postStart, sync).
+
+A deleted namespace stays in phase Terminating, its content gone and new
+content refused, for :attr:`KubeDouble.terminating_gets` reads of it, as a
+namespace waits for its finalizers on a real cluster.
 
 Every request is recorded with the RBAC words the API server would authorize
 it with, for the test that compares them with the chart's ClusterRole.
@@ -52,6 +64,8 @@ from flask import Flask, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from werkzeug.serving import make_server
+
+from tests.services import podman_env
 
 Obj = dict[str, Any]
 
@@ -151,9 +165,13 @@ class _Refusal(Exception):
 class KubeDouble:
     """The API server. Use :meth:`running` to serve it on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, container: str | None = None) -> None:
         self.token = secrets.token_hex(16)
         self.behaviour = PodBehaviour.READY
+        self.container = container
+        #: Reads of a deleted namespace that still find it Terminating.
+        self.terminating_gets = 0
+        self._terminating: dict[str, int] = {}
         self.calls: list[Call] = []
         self._objects: dict[tuple[str, str, str, str], Obj] = {}
         self._lock = threading.RLock()
@@ -204,8 +222,13 @@ class KubeDouble:
     def make_ready(self, namespace: str) -> None:
         with self._lock:
             for pod in self.items("", "pods", namespace):
-                pod["status"] = self._pod_status(PodBehaviour.READY, pod)
+                failed = self._post_start_hook(pod)
+                behaviour = PodBehaviour.READY
+                if failed is not None:
+                    behaviour = PodBehaviour.POST_START_FAILED
+                pod["status"] = self._pod_status(behaviour, pod)
                 self._store("", "pods", namespace, pod)
+                self._events(behaviour, pod, failed)
             self._update_deployment_status(namespace)
 
     def rbac(self) -> set[tuple[str, str, str]]:
@@ -279,7 +302,7 @@ class KubeDouble:
 
         @sock.route("/api/v1/namespaces/<namespace>/pods/<pod>/exec")  # type: ignore[untyped-decorator]
         def exec_(ws: Any, namespace: str, pod: str) -> None:
-            _Exec(ws, request.args, self._workdir).run()
+            _Exec(ws, request.args, self._workdir, self.container).run()
 
         return app
 
@@ -356,6 +379,18 @@ class KubeDouble:
             raise _Refusal(
                 status(404, "NotFound", f'namespaces "{namespace}" not found')
             )
+        if verb == "create" and namespace in self._terminating:
+            raise _Refusal(
+                status(
+                    403,
+                    "Forbidden",
+                    f"{resource} is forbidden: unable to create new content in "
+                    f"namespace {namespace} because it is being terminated",
+                    {"causes": [{"reason": "NamespaceTerminating"}]},
+                )
+            )
+        if resource == "namespaces" and verb == "get" and name in self._terminating:
+            self._count_terminating_read(name)
         key = (group, resource, namespace, name)
         qualified = f"{resource}.{group}" if group else resource
 
@@ -454,14 +489,32 @@ class KubeDouble:
         return copy.deepcopy(obj)
 
     def _delete(self, group: str, resource: str, namespace: str, name: str) -> Obj:
-        obj = self._objects.pop((group, resource, namespace, name))
-        if resource == "namespaces":
-            # Deletion here is immediate; a real server keeps the namespace in
-            # phase Terminating until its content is gone.
-            for key in [k for k in self._objects if k[2] == name]:
-                del self._objects[key]
-            obj["status"] = {"phase": "Terminating"}
-        return obj
+        key = (group, resource, namespace, name)
+        if resource != "namespaces":
+            return self._objects.pop(key)
+
+        obj = self._objects[key]
+        for inner in [k for k in self._objects if k[2] == name]:
+            del self._objects[inner]
+        obj["status"] = {"phase": "Terminating"}
+        obj["metadata"].setdefault("deletionTimestamp", _now())
+        obj["spec"] = {"finalizers": ["kubernetes"]}
+        if name not in self._terminating:
+            self._terminating[name] = self.terminating_gets
+        if not self._terminating[name]:
+            self._finish_terminating(name)
+        return copy.deepcopy(obj)
+
+    def _count_terminating_read(self, name: str) -> None:
+        """One more read of a Terminating namespace: the last one finds it gone."""
+        if self._terminating[name]:
+            self._terminating[name] -= 1
+            return
+        self._finish_terminating(name)
+
+    def _finish_terminating(self, name: str) -> None:
+        self._terminating.pop(name, None)
+        self._objects.pop(("", "namespaces", "", name), None)
 
     # -- pods ------------------------------------------------------------------
 
@@ -487,9 +540,15 @@ class KubeDouble:
                 },
                 "spec": copy.deepcopy(template["spec"]),
             }
-            pod["status"] = self._pod_status(self.behaviour, pod)
+            behaviour = self.behaviour
+            failed = (
+                self._post_start_hook(pod) if behaviour is PodBehaviour.READY else None
+            )
+            if failed is not None:
+                behaviour = PodBehaviour.POST_START_FAILED
+            pod["status"] = self._pod_status(behaviour, pod)
             self._objects[("", "pods", namespace, name)] = pod
-            self._events(self.behaviour, pod)
+            self._events(behaviour, pod, failed)
         self._update_deployment_status(namespace)
 
     def _update_deployment_status(self, namespace: str) -> None:
@@ -646,7 +705,31 @@ class KubeDouble:
             "containerStatuses": main({"running": {"startedAt": _now()}}),
         }
 
-    def _events(self, behaviour: PodBehaviour, pod: Obj) -> None:
+    def _post_start_hook(self, pod: Obj) -> str | None:
+        """Run the workspace container's postStart exec hook in the container,
+        as the kubelet does before the pod may become ready; the event's
+        message when it fails."""
+        if self.container is None:
+            return None
+        (main,) = pod["spec"]["containers"]
+        hook = (main.get("lifecycle") or {}).get("postStart", {}).get("exec")
+        if not hook:
+            return None
+        done = subprocess.run(
+            ["podman", "exec", self.container, *hook["command"]],
+            env=podman_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            return None
+        output = (done.stdout + done.stderr).strip()
+        return f"PostStartHook failed: command exited with {done.returncode}: {output}"
+
+    def _events(
+        self, behaviour: PodBehaviour, pod: Obj, post_start: str | None = None
+    ) -> None:
         image = pod["spec"]["containers"][0]["image"]
         name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
         messages = {
@@ -667,8 +750,9 @@ class KubeDouble:
             PodBehaviour.POST_START_FAILED: [
                 (
                     "FailedPostStartHook",
-                    "PostStartHook failed: command exited with 3: rwctl: group-taken: "
-                    "rwbot-write exists with gid 1000",
+                    post_start
+                    or "PostStartHook failed: command exited with 3: rwctl: "
+                    "group-taken: rwbot-write exists with gid 1000",
                 ),
             ],
         }.get(behaviour, [])
@@ -722,14 +806,18 @@ def api_client(double: KubeDouble) -> Any:
 
 
 class _Exec:
-    """One exec session: the command as a local subprocess, bridged to channels."""
+    """One exec session: the command in the pod's container (``podman exec``),
+    or a local subprocess without one, bridged to channels."""
 
-    def __init__(self, ws: Any, args: Any, cwd: str) -> None:
+    def __init__(self, ws: Any, args: Any, cwd: str, container: str | None) -> None:
         self.ws = ws
         self.argv = args.getlist("command")
         self.tty = (args.get("tty") or "").lower() in ("true", "1")
         self.stdin = (args.get("stdin") or "").lower() in ("true", "1")
         self.cwd = cwd
+        self.container = container
+        #: Podman's own words when the command could not be started.
+        self._refused = b""
         self._send_lock = threading.Lock()
         self._master: int | None = None
 
@@ -743,11 +831,17 @@ class _Exec:
             "HOME": "/root",
             "LANG": "C.UTF-8",
         }
+        argv = self.argv
+        if self.container is not None:
+            # -i always: with stdin=false nothing is ever written to it.
+            tty = ["-t"] if self.tty else []
+            argv = ["podman", "exec", "-i", *tty, self.container, *self.argv]
+            env = podman_env()
         try:
             if self.tty:
-                proc, pumps = self._start_tty({**env, "TERM": "xterm"})
+                proc, pumps = self._start_tty(argv, {**env, "TERM": "xterm"})
             else:
-                proc, pumps = self._start_pipes(env)
+                proc, pumps = self._start_pipes(argv, env)
         except OSError as err:
             message = (
                 f"exec failed: unable to start container process: exec: "
@@ -785,6 +879,18 @@ class _Exec:
             return
 
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        if self._refused:
+            # The runtime could not start the command: the kubelet answers
+            # with a Status without an exit code, in the runtime's words.
+            message = self._refused.decode(errors="replace").strip()
+            message = message.removeprefix("Error: ")
+            self.send(
+                3,
+                json.dumps(
+                    {**status(500, "InternalError", message), "code": None}
+                ).encode(),
+            )
+            return
         if code == 0:
             result = {"metadata": {}, "status": "Success"}
         else:
@@ -821,7 +927,7 @@ class _Exec:
             os.killpg(proc.pid, signal.SIGWINCH)
 
     def _start_tty(
-        self, env: dict[str, str]
+        self, argv: list[str], env: dict[str, str]
     ) -> tuple[subprocess.Popen[bytes], list[threading.Thread]]:
         master, slave = os.openpty()
 
@@ -831,7 +937,7 @@ class _Exec:
 
         try:
             proc = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -850,10 +956,10 @@ class _Exec:
         return proc, [pump]
 
     def _start_pipes(
-        self, env: dict[str, str]
+        self, argv: list[str], env: dict[str, str]
     ) -> tuple[subprocess.Popen[bytes], list[threading.Thread]]:
         proc = subprocess.Popen(
-            self.argv,
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -884,10 +990,19 @@ class _Exec:
                 return
             if not data:
                 return
+            if channel == 2 and self.container is not None and _not_started(data):
+                self._refused += data
+                continue
             try:
                 self.send(channel, data)
             except ConnectionClosed:
                 return
+
+
+def _not_started(data: bytes) -> bool:
+    """Podman's error for a command the OCI runtime could not start (exit 126
+    or 127), as opposed to the command's own output."""
+    return data.startswith(b"Error: ") and b"OCI runtime" in data
 
 
 def _pod_ip(pod: Obj) -> str:
