@@ -316,16 +316,26 @@ class Client:
 
         def call() -> None:
             p = self._gl.projects.get(project_id, lazy=True)
-            p.deployments.create(
-                {
-                    "environment": environment,
-                    "sha": sha,
-                    "ref": ref,
-                    "tag": False,
-                    "status": "success",
-                },
-                **self._fast,
-            )
+            try:
+                p.deployments.create(
+                    {
+                        "environment": environment,
+                        "sha": sha,
+                        "ref": ref,
+                        "tag": False,
+                        "status": "success",
+                    },
+                    **self._fast,
+                )
+            except gitlab.exceptions.GitlabCreateError as err:
+                if err.response_code != 400:
+                    raise
+                # GitLab says which field it refused ("ref": the branch or tag
+                # does not exist); the operator needs that, not just "400".
+                raise PermanentError(
+                    f"GitLab refused the deployment of {sha[:12]} at {ref}: "
+                    f"{err.error_message}"
+                ) from err
 
         self._call(f"record a deployment to {environment}", call)
 

@@ -352,9 +352,36 @@ class Reconciler:
             and ws.running_sha != ws.deployed_sha
         ):
             url = comments.join_url(self.settings.public_url, ws.project_id, ws.mr_iid)
-            environment_id = self.gitlab.ensure_environment(ws.project_id, name, url)
-            ref = ws.source_branch or f"refs/merge-requests/{ws.mr_iid}/head"
-            self.gitlab.deploy(ws.project_id, name, ws.running_sha, ref)
+            # A fork's branch exists only in the fork, and GitLab refuses a ref
+            # the project lacks; the MR's own ref is in the project for every MR.
+            ref = (
+                ws.source_branch
+                if ws.source_branch and not ws.is_fork
+                else f"refs/merge-requests/{ws.mr_iid}/head"
+            )
+            environment_id = ws.environment_id
+            try:
+                environment_id = self.gitlab.ensure_environment(
+                    ws.project_id, name, url
+                )
+                self.gitlab.deploy(ws.project_id, name, ws.running_sha, ref)
+            except TemporaryError:
+                raise
+            except BotError as err:
+                # Said once per commit, not on every pass: retrying the same
+                # refused call would not help; the next commit tries again.
+                log.warning(
+                    "deployment not recorded",
+                    extra={
+                        "project": ws.project_id,
+                        "mr": ws.mr_iid,
+                        "error": str(err),
+                    },
+                )
+                return {
+                    "environment_id": environment_id,
+                    "deployed_sha": ws.running_sha,
+                }
             return {"environment_id": environment_id, "deployed_sha": ws.running_sha}
         if ws.phase == Phase.REMOVED and ws.environment_id is not None:
             self.gitlab.stop_environment(ws.project_id, ws.environment_id)

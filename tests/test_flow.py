@@ -4,12 +4,14 @@ Cases: an opened MR gets one comment with a join link and a running container
 with the MR head checked out (and no credential anywhere in it); a push makes
 the comment say the workspace is behind; merging removes the container and its
 volume and says so; a reopened MR gets a fresh workspace; a fork MR gets no
-container and a comment asking for approval; redelivered events and repeated
-reconcile passes never post a second comment; a missed merge webhook is
-corrected by the resync; an orphaned container is removed by the resync; the
-container the bot creates is hardened as configured (capabilities, init,
-no-new-privileges, limits, labels), and PID 1 and a reviewer's shell hold the
-capabilities they should and no more.
+container and a comment asking for approval, and once approved a deployment at
+``refs/merge-requests/<iid>/head`` (the fork's branch is not in the project); a
+deployment GitLab refuses is not asked for again on every pass; redelivered
+events and repeated reconcile passes never post a second comment; a missed merge
+webhook is corrected by the resync; an orphaned container is removed by the
+resync; the container the bot creates is hardened as configured (capabilities,
+init, no-new-privileges, limits, labels), and PID 1 and a reviewer's shell hold
+the capabilities they should and no more.
 """
 
 import pytest
@@ -153,6 +155,34 @@ def test_a_fork_merge_request_starts_nothing_and_asks_for_approval(stack, projec
     assert stack.containers(mr) == []
     body = stack.comment(mr)
     assert "fork" in body and "Developer" in body and "/workspace start" in body
+
+
+def test_an_approved_fork_merge_request_gets_a_deployment_at_its_mr_ref(stack, project):
+    fork = stack.gitlab.add_project("outsider/app", files={"README.md": "hello\n"})
+    mr = open_mr(stack, project, source_project=fork)
+    stack.settle()
+    note = stack.gitlab.add_note(mr, "dana", "/workspace start")
+    stack.deliver(stack.gitlab.note_hook(note))
+    stack.settle()
+
+    # The fork's branch is not in the project, so GitLab would refuse it.
+    (call,) = stack.gitlab.calls("POST", r"/deployments$")
+    assert call.status == 201, call.json
+    assert call.json["ref"] == f"refs/merge-requests/{mr['iid']}/head"
+    assert call.json["sha"] == stack.gitlab.mr(mr)["sha"]
+    (env,) = stack.gitlab.environments(project)
+    assert env["state"] == "available"
+
+
+def test_a_refused_deployment_is_not_asked_for_again_on_every_pass(stack, project):
+    stack.gitlab.inject_faults(400, every=1, paths=r"/deployments$")
+    mr = open_mr(stack, project)
+    stack.settle()
+    stack.make_due()
+    stack.settle()
+
+    assert len(stack.gitlab.calls("POST", r"/deployments$")) == 1
+    assert "ready" in stack.comment(mr)
 
 
 def test_redeliveries_and_repeated_passes_never_post_a_second_comment(stack, project):

@@ -6,8 +6,10 @@ Every case drives the double with the real client the bot uses, over loopback:
   pages (pagination headers and ``Link``), MR shape, notes create/edit/list and
   the author-only edit rule, discussions, award emoji, ``members/all`` incl. the
   404 for non-members, hooks with a write-only token, users' SSH keys,
-  environments and deployments; 401 without a valid token, GitLab's 400/404
-  error bodies, OAuth tokens acting as their user with scope checks.
+  environments and deployments (a ref or sha missing from the project's
+  repository refused with 400, as for a fork's branch); 401 without a valid
+  token, GitLab's 400/404 error bodies, OAuth tokens acting as their user with
+  scope checks.
 - Git smart HTTP with the ``git`` CLI: clone and fetch of
   ``refs/merge-requests/<iid>/head`` (also for a fork MR) with a token, 401
   with a Basic challenge without one, a push moving the MR head.
@@ -432,6 +434,30 @@ def test_environment_and_deployment_lifecycle(
     assert stopped.state == "stopped"
     assert stopped.last_deployment["sha"] == opened["sha"]
     assert double.environments(project) == []
+
+
+def test_a_deployment_must_name_a_ref_and_commit_of_the_project(
+    double: GitLabDouble, gl: gitlab.Gitlab, project: dict[str, Any], alice: dict
+) -> None:
+    fork = double.add_project("outsider/app", files={"README.md": "hello\n"})
+    opened = double.open_mr(
+        project, "from-fork", {"a.txt": "a\n"}, author=alice, source_project=fork
+    )
+    remote = gl.projects.get(project["id"], lazy=True)
+    fields = {"environment": "review/x", "tag": False, "status": "success"}
+
+    with pytest.raises(gitlab.GitlabCreateError) as no_ref:
+        remote.deployments.create({**fields, "sha": opened["sha"], "ref": "from-fork"})
+    with pytest.raises(gitlab.GitlabCreateError) as no_sha:
+        remote.deployments.create({**fields, "sha": "f" * 40, "ref": "main"})
+    mr_ref = f"refs/merge-requests/{opened['iid']}/head"
+    made = remote.deployments.create({**fields, "sha": opened["sha"], "ref": mr_ref})
+
+    assert no_ref.value.response_code == 400
+    assert "The branch or tag does not exist" in str(no_ref.value.error_message)
+    assert no_sha.value.response_code == 400
+    assert "The commit does not exist" in str(no_sha.value.error_message)
+    assert made.ref == mr_ref and made.sha == opened["sha"]
 
 
 def test_unknown_routes_and_bad_parameters_answer_like_gitlab(

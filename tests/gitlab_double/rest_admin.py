@@ -66,6 +66,10 @@ HOOK_TEXT = {
     "branch_filter_strategy": "wildcard",
     "custom_webhook_template": None,
 }
+#: GitLab's ``Gitlab::Regex.environment_name_regex``.
+ENVIRONMENT_NAME = re.compile(
+    r"[A-Za-z0-9 _.${}-]([A-Za-z0-9 _./${}-]*[A-Za-z0-9 _.${}-])?"
+)
 DEPLOYMENT_STATUSES = {"created", "running", "success", "failed", "canceled", "blocked"}
 TIERS = {"production", "staging", "testing", "development", "other"}
 
@@ -205,6 +209,12 @@ def find_env(call: Call, project: Project) -> Environment:
 
 
 def new_environment(call: Call, project: Project, name: str) -> Environment:
+    if len(name) > 255 or not ENVIRONMENT_NAME.fullmatch(name):
+        message = (
+            "can contain only letters, digits, '-', '_', '/', '$', '{', '}', '.', "
+            "and spaces, but it cannot start or end with '/'"
+        )
+        raise ApiError(400, {"message": {"name": [message]}})
     taken = any(
         e.project_id == project.id and e.name == name
         for e in call.store.environments.values()
@@ -307,6 +317,16 @@ def find_deployment(call: Call, project: Project) -> Deployment:
     return deployment
 
 
+def commit_exists(call: Call, project: Project, revision: str) -> bool:
+    """What GitLab's ``project.commit(revision)`` finds: a branch, tag, full ref
+    such as ``refs/merge-requests/1/head``, or sha of the project's repository."""
+    if not revision or revision.startswith("-"):
+        return False
+    repo = call.store.repos.path(project.path_with_namespace)
+
+    return call.store.repos.resolve(repo, revision) is not None
+
+
 @route("GET", "projects/{project}/deployments")
 def list_deployments(call: Call) -> Response:
     project = call.project()
@@ -348,6 +368,10 @@ def create_deployment(call: Call) -> Response:
     status = call.choice("status", DEPLOYMENT_STATUSES, None)
     if status is None:
         raise bad_param("status", "is missing")
+    # Like GitLab's API: the ref must name a commit of this project's own
+    # repository (a fork's branch does not), checked before anything is made.
+    if not commit_exists(call, project, ref):
+        raise ApiError(400, {"message": {"ref": ["The branch or tag does not exist"]}})
 
     env = next(
         (
@@ -357,6 +381,9 @@ def create_deployment(call: Call) -> Response:
         ),
         None,
     ) or new_environment(call, project, env_name)
+    # The deployment's own validation, after the environment was made.
+    if not commit_exists(call, project, sha):
+        raise ApiError(400, {"message": {"sha": ["The commit does not exist"]}})
     env.state = "available"
     now = call.store.now()
     iid = 1 + sum(d.project_id == project.id for d in call.store.deployments.values())
