@@ -8,7 +8,12 @@ starterProjects, component/command/event kinds, hotReloadCapable, restricted
 attributes, variable prefixes, one main container, overrideCommand with
 command/args) and per structural rule (schemaVersion, required keys, names,
 endpoints, quantities, references between parts, YAML errors), each with its
-exact key path and line; the summary in ``reason``; the plan's image allow-list,
+exact key path and line (also exec ``env``/``group``, apply ``group``,
+container ``dedicatedPod``/``annotation``, endpoint ``annotation`` and
+``gl-`` names, ``dependentProjects``, ``plugin``, duplicate command ids and
+endpoint names, endpoint ports shared by two containers, two kinds in one
+component, apply naming a missing component); the summary in ``reason``, which
+names every unsupported feature (up to a bound); the plan's image allow-list,
 resource caps and ignored parts; Kubernetes quantities; fuzzing: any text, any
 nested data and any mutation of a valid devfile raise nothing but DevfileError.
 """
@@ -386,6 +391,114 @@ def test_request_above_limit_is_refused() -> None:
     assert problems(text) == [("components[0].container.cpuRequest", 8, False)]
 
 
+@pytest.mark.parametrize("key", ["env", "group"])
+def test_exec_options_beyond_gitlabs_list_are_unsupported(key: str) -> None:
+    text = MINIMAL + doc(f"""
+        commands:
+          - id: run
+            exec:
+              component: dev
+              commandLine: x
+              {key}: []
+        """)
+    assert problems(text) == [(f"commands[0].exec.{key}", 13, True)]
+
+
+def test_apply_group_is_unsupported() -> None:
+    text = MINIMAL + doc("""
+        commands:
+          - id: prepare
+            apply: {component: dev, group: {kind: build}}
+        """)
+    assert problems(text) == [("commands[0].apply.group", 10, True)]
+
+
+@pytest.mark.parametrize("key", ["dedicatedPod", "annotation"])
+def test_container_keys_beyond_gitlabs_list_are_unsupported(key: str) -> None:
+    text = MINIMAL + f"      {key}: {{}}\n"
+    assert problems(text) == [(f"components[0].container.{key}", 8, True)]
+
+
+def test_endpoint_annotation_is_unsupported() -> None:
+    endpoint = "{name: web, targetPort: 80, annotation: {a: b}}"
+    text = MINIMAL + f"      endpoints:\n        - {endpoint}\n"
+    assert problems(text) == [
+        ("components[0].container.endpoints[0].annotation", 9, True)
+    ]
+
+
+def test_endpoint_names_must_not_start_with_gl() -> None:
+    text = MINIMAL + "      endpoints:\n        - {name: gl-web, targetPort: 80}\n"
+    assert problems(text) == [("components[0].container.endpoints[0].name", 9, False)]
+
+
+def test_dependent_projects_are_unsupported() -> None:
+    text = MINIMAL + "dependentProjects:\n  - name: x\n"
+    assert problems(text) == [("dependentProjects", 8, True)]
+
+
+def test_plugin_components_are_unsupported() -> None:
+    text = MINIMAL + "  - name: other\n    plugin:\n      uri: x.yaml\n"
+    assert problems(text) == [("components[1].plugin", 9, True)]
+
+
+def test_command_ids_must_be_unique() -> None:
+    text = MINIMAL + doc("""
+        commands:
+          - id: run
+            exec: {component: dev, commandLine: a}
+          - id: run
+            exec: {component: dev, commandLine: b}
+        """)
+    assert problems(text) == [("commands[1].id", 11, False)]
+
+
+def test_endpoint_names_must_be_unique_across_containers() -> None:
+    text = MINIMAL + (
+        "      endpoints:\n"
+        "        - {name: web, targetPort: 80}\n"
+        "  - name: side\n"
+        "    container:\n"
+        "      image: alpine:3\n"
+        "      endpoints:\n"
+        "        - {name: web, targetPort: 81}\n"
+    )
+    assert problems(text) == [("components[1].container.endpoints[0].name", 14, False)]
+
+
+def test_two_containers_may_not_share_an_endpoint_port() -> None:
+    text = MINIMAL + (
+        "      endpoints:\n"
+        "        - {name: web, targetPort: 80}\n"
+        "        - {name: web-again, targetPort: 80}\n"
+        "  - name: side\n"
+        "    container:\n"
+        "      image: alpine:3\n"
+        "      endpoints:\n"
+        "        - {name: other, targetPort: 80}\n"
+    )
+    # One container may use a port twice; another container may not.
+    assert problems(text) == [
+        ("components[1].container.endpoints[0].targetPort", 15, False)
+    ]
+
+
+def test_a_component_with_two_kinds_is_refused() -> None:
+    text = MINIMAL.replace("    container:", "    volume: {}\n    container:")
+    assert problems(text) == [("components[0]", 3, False)]
+
+
+def test_apply_must_name_a_component_of_the_devfile() -> None:
+    text = MINIMAL + doc("""
+        commands:
+          - id: prepare
+            apply: {component: nowhere}
+        events:
+          preStart: [prepare]
+        """)
+    assert ("commands[0].apply.component", 10, False) in problems(text)
+
+
 def test_exec_command_must_name_a_container_component() -> None:
     text = MINIMAL + doc("""
           - name: cache
@@ -486,6 +599,33 @@ def test_reason_names_the_first_problems_with_line_and_key() -> None:
         "line 4, `components[0].name`: 'gl-a' must not start with 'gl-'; "
         "and 1 more problem."
     )
+
+
+def test_reason_names_every_unsupported_feature_past_the_first_problems() -> None:
+    with pytest.raises(DevfileError) as caught:
+        devfile.parse(sample("registry_python_basic.yaml"))
+
+    # Three in full; the fourth unsupported feature by key and line.
+    assert caught.value.reason.endswith(
+        "; also unsupported: `commands[2].composite` (line 40)."
+    )
+    assert "more problem" not in caught.value.reason
+
+
+def test_reason_counts_mistakes_and_bounds_the_unsupported_names() -> None:
+    many = "".join(
+        f"  - name: k{i}\n    kubernetes: {{uri: x.yaml}}\n" for i in range(105)
+    )
+    text = MINIMAL.replace("name: dev", "name: gl-dev") + many + "bogus: 1\n"
+    with pytest.raises(DevfileError) as caught:
+        devfile.parse(text)
+    reason = caught.value.reason
+
+    # gl-dev and two kinds in full, then 103 unsupported, then `bogus`.
+    assert "`components[3].kubernetes` (line 13)" in reason
+    assert "`components[102].kubernetes`" in reason
+    assert "`components[103].kubernetes`" not in reason
+    assert reason.endswith(" and 3 more; and 1 more problem.")
 
 
 # workspace_plan -------------------------------------------------------------------

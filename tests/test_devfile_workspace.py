@@ -3,13 +3,16 @@
 Cases: the devfile's image, environment, memory limit, volume and postStart
 commands are applied, and the comment names the endpoint with the setting that
 exposes it (exposed endpoints: tests/test_endpoints_workspace.py); an invalid
-devfile fails the workspace with a comment naming the key and line; an image
+devfile fails the workspace with a comment naming the key and line; a devfile
+registry sample fails with a comment naming each of its four unsupported
+features (more than the problems spelled out in full); an image
 outside the admin's allow-list is refused; after a fork approval, the devfile
 is read from the approved commit, not the fork's newer head; a project without
 a devfile gets the default image.
 """
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +108,23 @@ def test_an_invalid_devfile_fails_the_workspace_naming_key_and_line(stack, proje
     assert stack.containers(mr) == []
     body = stack.comment(mr)
     assert "failed" in body and "line 3" in body and "gl-" in body
+
+
+def test_a_registry_sample_fails_naming_each_unsupported_feature(stack, project):
+    sample = Path(__file__).parent / "devfiles" / "registry_python_basic.yaml"
+    mr = open_mr(stack, project, {".devfile.yaml": sample.read_text()})
+
+    assert stack.containers(mr) == []
+    body = stack.comment(mr)
+    assert "failed" in body
+    # The comment escapes Markdown: `components[0]` reads \`components\[0\]\`.
+    for key in (
+        r"\`parent\`",
+        r"\`components\[0\].image\`",
+        r"\`components\[1\].kubernetes\`",
+        r"\`commands\[2\].composite\`",
+    ):
+        assert key in body, key
 
 
 def test_an_image_outside_the_allow_list_is_refused(docker_host, tmp_path):

@@ -1,6 +1,7 @@
 """Commands, events, and the checks that tie the devfile's parts together:
 what a command or a volume mount names must exist, and of the right kind;
-there is exactly one main container; endpoint names are unique.
+there is exactly one main container; endpoint names are unique, and so are
+ports across containers.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def events(
 
 def check_main(fields: Fields, components: tuple[model.Component, ...]) -> None:
     """Exactly one main container; volume mounts name volumes; endpoint names
-    are unique across the devfile."""
+    are unique across the devfile, and no two containers share a targetPort
+    (https://devfile.io/docs/2.2.0/devfile-validation-rules, "Endpoints")."""
     containers = [c for c in components if c.container is not None]
     if components and not containers:
         fields.problem("components", None, "the devfile needs a container component")
@@ -166,6 +168,8 @@ def check_main(fields: Fields, components: tuple[model.Component, ...]) -> None:
 
     volumes = {c.name for c in components if c.volume is not None}
     endpoints: set[str] = set()
+    # devfile: two containers may not share a targetPort; one may use it twice.
+    ports: dict[int, str] = {}
     for component in containers:
         container = component.container
         if container is None:
@@ -181,3 +185,10 @@ def check_main(fields: Fields, components: tuple[model.Component, ...]) -> None:
                 message = f"endpoint name {endpoint.name!r} is used twice"
                 fields.problem(path, endpoint.line, message)
             endpoints.add(endpoint.name)
+            owner = ports.setdefault(endpoint.target_port, component.name)
+            if owner != component.name:
+                path = join(component.path, f"container.endpoints[{index}].targetPort")
+                message = (
+                    f"port {endpoint.target_port} is already an endpoint of {owner!r}"
+                )
+                fields.problem(path, endpoint.line, message)

@@ -16,8 +16,13 @@ from bot.errors import PermanentError
 #: The attribute that marks the container GitLab injects its editor into.
 INJECT_EDITOR = "gl/inject-editor"
 
-#: How many problems ``DevfileError.reason`` spells out before "and N more".
+#: How many problems ``DevfileError.reason`` spells out in full.
 _REASON_PROBLEMS = 3
+#: Past the first problems, unsupported features are still named (key and
+#: line only), so a team learns everything the bot cannot follow at once; this
+#: bounds the comment for a devfile made of little else (GitLab's own 3 MB cap
+#: would allow tens of thousands).
+_REASON_UNSUPPORTED_NAMES = 100
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,11 @@ class Problem:
     message: str
     unsupported: bool = False
 
+    def name(self) -> str:
+        """The key and line alone: ``parent`` (line 11)."""
+        where = f"`{self.path}`" if self.path else "the devfile"
+        return where + (f" (line {self.line})" if self.line is not None else "")
+
     def __str__(self) -> str:
         where = f"line {self.line}, " if self.line is not None else ""
         where += f"`{self.path}`" if self.path else "the devfile"
@@ -46,11 +56,26 @@ class DevfileError(PermanentError):
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = tuple(problems)
-        shown = "; ".join(str(p) for p in self.problems[:_REASON_PROBLEMS])
-        more = len(self.problems) - _REASON_PROBLEMS
-        if more > 0:
-            shown += f"; and {more} more problem{'s' if more > 1 else ''}"
-        super().__init__(f"The devfile cannot be used: {shown}.")
+        super().__init__(f"The devfile cannot be used: {summary(self.problems)}.")
+
+
+def summary(problems: Sequence[Problem]) -> str:
+    """The first problems in full, then every other unsupported feature by key
+    and line, then how many other mistakes there are."""
+    parts = [str(p) for p in problems[:_REASON_PROBLEMS]]
+    rest = problems[_REASON_PROBLEMS:]
+    unsupported = [p for p in rest if p.unsupported]
+    if unsupported:
+        names = ", ".join(p.name() for p in unsupported[:_REASON_UNSUPPORTED_NAMES])
+        unnamed = len(unsupported) - _REASON_UNSUPPORTED_NAMES
+        if unnamed > 0:
+            names += f" and {unnamed} more"
+        parts.append(f"also unsupported: {names}")
+    mistakes = len(rest) - len(unsupported)
+    if mistakes > 0:
+        parts.append(f"and {mistakes} more problem{'s' if mistakes > 1 else ''}")
+
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
