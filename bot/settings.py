@@ -279,12 +279,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             command_permissions=parse_permissions(permissions_text)
         )
     environment = env.get(PREFIX + "ENVIRONMENT_NAME", "review-workspace/mr-{iid}")
-    # GitLab: letters, digits, spaces and - _ / $ { } . ; not starting or ending
-    # with "/" (docs.gitlab.com/ci/environments, "environment name").
-    if (
-        environment and not re.fullmatch(r"[A-Za-z0-9 _./${}-]{1,200}", environment)
-    ) or (environment.startswith("/") or environment.endswith("/")):
-        raise SettingsError(f"{PREFIX}ENVIRONMENT_NAME: not a valid environment name")
+    _environment_name(environment)
     settings = settings.with_overrides(environment_name=environment)
     from bot.devfile import quantity
 
@@ -318,6 +313,39 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     if session_secret:
         settings = settings.with_overrides(session_secret=session_secret)
     return settings
+
+
+# GitLab's ``Gitlab::Regex.environment_name_regex``: letters, digits, spaces and
+# - _ / $ { } . , not starting or ending with "/"; ``Environment`` allows 255.
+_ENVIRONMENT_NAME = re.compile(
+    r"[A-Za-z0-9 _.${}-]([A-Za-z0-9 _./${}-]*[A-Za-z0-9 _.${}-])?"
+)
+_ENVIRONMENT_NAME_MAX = 255
+
+
+def _environment_name(template: str) -> None:
+    """Refuse a template whose names GitLab would refuse, or that gives two
+    MRs the same environment: checked on the names it makes, not the text."""
+    if not template:
+        return  # no environments
+
+    name = f"{PREFIX}ENVIRONMENT_NAME"
+    try:
+        # The smallest and the largest iid GitLab hands out (a 32-bit int).
+        names = [template.format(iid=iid) for iid in (1, 2, 2**31 - 1)]
+    except (KeyError, IndexError, ValueError, AttributeError) as err:
+        raise SettingsError(
+            f"{name}: may use only {{iid}} as a placeholder ({err!r})"
+        ) from None
+    if len(set(names)) < len(names):
+        raise SettingsError(f"{name}: must contain {{iid}}, one environment per MR")
+    for made in names:
+        if len(made) > _ENVIRONMENT_NAME_MAX or not _ENVIRONMENT_NAME.fullmatch(made):
+            raise SettingsError(
+                f"{name}: {made!r} is not a GitLab environment name (letters, "
+                "digits, spaces, - _ / $ { } . ; 255 at most; not starting or "
+                "ending with /)"
+            )
 
 
 def _endpoints_domain(value: str, public_url: str) -> str:

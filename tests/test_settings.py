@@ -1,4 +1,9 @@
-"""Settings: required variables, validation with one clear line, _FILE secrets."""
+"""Settings: required variables, validation with one clear line, _FILE secrets.
+
+Cases also: RWBOT_ENVIRONMENT_NAME is checked on the names it makes
+(placeholders other than ``{iid}``, a name shared by every MR, names GitLab
+refuses); RWBOT_DEVFILE_* caps and image patterns.
+"""
 
 import pytest
 
@@ -65,3 +70,76 @@ def test_secrets_do_not_appear_in_repr():
     s = settings.from_env(BASE)
     assert "glpat-secret" not in repr(s)
     assert "hook-secret" not in repr(s)
+
+
+# Environment name and devfile caps ---------------------------------------------
+
+
+def test_environment_name_defaults_to_one_per_merge_request():
+    s = settings.from_env(BASE)
+    assert s.environment_name.format(iid=7) == "review-workspace/mr-7"
+
+
+@pytest.mark.parametrize(
+    "template", ["review/mr-{iid}", "Review Apps/${iid}.x", "mr {iid:05d}", ""]
+)
+def test_environment_names_gitlab_accepts_are_taken(template):
+    s = settings.from_env({**BASE, "RWBOT_ENVIRONMENT_NAME": template})
+    assert s.environment_name == template
+
+
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [
+        ("review/{project}", "only {iid}"),  # .format would raise KeyError
+        ("review/{}", "only {iid}"),  # IndexError
+        ("review/{iid", "only {iid}"),  # ValueError: unbalanced brace
+        ("review/{iid.nope}", "only {iid}"),  # AttributeError
+        ("review-workspace", "must contain {iid}"),  # every MR would share it
+        ("/mr-{iid}", "not a GitLab environment name"),
+        ("mr-{iid}/", "not a GitLab environment name"),
+        ("mr:{iid}", "not a GitLab environment name"),
+        ("mr-{iid:>300}", "not a GitLab environment name"),  # over 255
+        ("x" * 250 + "{iid}", "not a GitLab environment name"),  # at iid 2**31-1
+    ],
+)
+def test_environment_names_gitlab_would_refuse_stop_start_up(template, why):
+    with pytest.raises(SettingsError, match="RWBOT_ENVIRONMENT_NAME") as caught:
+        settings.from_env({**BASE, "RWBOT_ENVIRONMENT_NAME": template})
+    assert why in str(caught.value)
+
+
+def test_devfile_caps_default_to_8gi_and_4_cpus_and_any_image():
+    s = settings.from_env(BASE)
+    assert (s.devfile_max_memory, s.devfile_max_cpu, s.devfile_images) == (
+        "8Gi",
+        "4",
+        (),
+    )
+
+
+def test_devfile_settings_are_read_and_trimmed():
+    s = settings.from_env(
+        {
+            **BASE,
+            "RWBOT_DEVFILE_IMAGES": " registry.example/* , docker.io/library/python:*,",
+            "RWBOT_DEVFILE_MAX_MEMORY": "512Mi",
+            "RWBOT_DEVFILE_MAX_CPU": "500m",
+        }
+    )
+    assert s.devfile_images == ("registry.example/*", "docker.io/library/python:*")
+    assert (s.devfile_max_memory, s.devfile_max_cpu) == ("512Mi", "500m")
+
+
+@pytest.mark.parametrize("name", ["RWBOT_DEVFILE_MAX_MEMORY", "RWBOT_DEVFILE_MAX_CPU"])
+def test_an_empty_devfile_cap_means_no_cap(name):
+    s = settings.from_env({**BASE, name: ""})
+    field = name.removeprefix("RWBOT_").lower()
+    assert getattr(s, field) is None
+
+
+@pytest.mark.parametrize("value", ["8GB", "lots", "-1", "1 Gi"])
+@pytest.mark.parametrize("name", ["RWBOT_DEVFILE_MAX_MEMORY", "RWBOT_DEVFILE_MAX_CPU"])
+def test_a_devfile_cap_must_be_a_quantity(name, value):
+    with pytest.raises(SettingsError, match=name):
+        settings.from_env({**BASE, name: value})
