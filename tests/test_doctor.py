@@ -5,12 +5,15 @@ until GitLab has a signed-in user to check it for, then passes) and exits 0,
 leaving no workspace behind; each misconfiguration fails (or warns) on its own
 line with the advice to fix it and a non-zero exit code: a rejected token, a
 token without the ``api`` scope, the bot not a member, only Reporter, only
-Developer (warns), the webhook missing, the webhook without comment events or
-with SSL verification off, the OAuth client not configured, a wrong client
-secret, a wrong redirect URI, the runtime unreachable, the store not migrated
-or unreachable; GitLab unreachable fails its lines but the runtime and store
-are still checked; GitLab's own error page wording is recognised; the CLI
-prints one line per check and exits 1 when one fails.
+Developer (warns), the webhook missing, the webhook without merge request or
+comment events or with SSL verification off, a webhook GitLab disabled
+(``alert_status``), two webhooks to the bot, one to another URL, the OAuth
+client not configured, a wrong client secret, a wrong redirect URI, the runtime
+unreachable, the workspace image missing, the store not migrated or unreachable;
+GitLab unreachable fails its lines but the runtime and store are still checked;
+GitLab's own error page wording is recognised; the CLI prints one line per check
+and exits 1 when one fails; the pure decisions (``hook_problems``,
+``role_verdict``) case by case.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ import pytest
 
 from bot import doctor
 from bot.doctor import Verdict
-from bot.gitlab import Client
+from bot.gitlab import Client, RegisteredHook
 from bot.runtime.docker import DockerRuntime
 from bot.settings import Settings
 from bot.store import Store
@@ -212,6 +216,81 @@ def test_a_webhook_without_comment_events_or_ssl_verification_fails(
     assert "rwbot hooks install team/app" in line.detail
 
 
+def hook_line(settings: Settings) -> doctor.Check:
+    """The webhook check alone: no runtime, no throwaway workspace."""
+    return doctor.project_hook(Client(settings), settings, "team/app")
+
+
+def test_a_webhook_without_merge_request_events_fails(
+    double: GitLabDouble, settings: Settings
+) -> None:
+    project = bot_api(double).projects.get("team/app")
+    (hook,) = project.hooks.list()
+    project.hooks.update(hook.id, {"url": HOOK_URL, "merge_requests_events": False})
+
+    line = hook_line(settings)
+
+    assert line.verdict is Verdict.FAIL
+    assert "merge request events are off" in line.detail
+    assert "comment events" not in line.detail
+
+
+@pytest.mark.parametrize(
+    ("until", "status"),
+    [(None, "disabled"), (datetime(2030, 1, 1, tzinfo=UTC), "temporarily_disabled")],
+)
+def test_a_webhook_gitlab_stopped_delivering_to_fails(
+    double: GitLabDouble, settings: Settings, until: datetime | None, status: str
+) -> None:
+    double.disable_hooks("team/app", until=until)
+
+    line = hook_line(settings)
+
+    assert line.verdict is Verdict.FAIL
+    assert f"GitLab stopped delivering ({status})" in line.detail
+
+
+def test_two_webhooks_to_the_bot_fail_asking_to_delete_one(
+    double: GitLabDouble, settings: Settings
+) -> None:
+    project = bot_api(double).projects.get("team/app")
+    project.hooks.create(
+        {"url": HOOK_URL, "merge_requests_events": True, "note_events": True}
+    )
+
+    line = hook_line(settings)
+
+    assert line.verdict is Verdict.FAIL
+    assert f"2 webhooks to {HOOK_URL}: delete all but one" in line.detail
+
+
+def test_a_webhook_to_another_url_fails_naming_it(
+    double: GitLabDouble, settings: Settings
+) -> None:
+    project = bot_api(double).projects.get("team/app")
+    (hook,) = project.hooks.list()
+    old = "https://old-bot.example.test/webhooks/gitlab"
+    project.hooks.update(hook.id, {"url": old})
+
+    line = hook_line(settings)
+
+    assert line.verdict is Verdict.FAIL
+    assert f"no webhook to {HOOK_URL} (one goes to {old})" in line.detail
+
+
+def test_a_missing_workspace_image_fails_the_runtime_line(
+    settings: Settings, runtime: Any
+) -> None:
+    missing = "localhost/rwbot-no-such-image:never"
+
+    result = run(settings, runtime, workspace_image=missing)
+
+    line = result["runtime docker"]
+    assert line.verdict is Verdict.FAIL
+    assert f"the workspace image {missing} is not available" in line.detail
+    assert result["exit"] == 1
+
+
 def test_an_unconfigured_oauth_client_fails_the_oauth_line(
     settings: Settings, runtime: Any
 ) -> None:
@@ -359,3 +438,67 @@ def test_the_cli_prints_one_line_per_check_and_exits_one_on_a_failure(
     assert any(line.startswith("ok    runtime docker: ") for line in lines)
     assert lines[-1] == "1 of 6 checks failed"
     assert settings.gitlab_token not in done.stdout + done.stderr
+
+
+# -- decisions ----------------------------------------------------------------
+
+
+def hook(url: str = HOOK_URL, alert: str = "executable", **flags: bool) -> Any:
+    on = {"merge_requests_events": True, "note_events": True}
+    on |= {"enable_ssl_verification": True} | flags
+    return RegisteredHook(id=1, url=url, flags=on, alert_status=alert)
+
+
+def test_hook_problems_finds_nothing_wrong_with_one_right_hook() -> None:
+    assert doctor.hook_problems([hook(), hook("https://ci.example/x")], HOOK_URL) == []
+
+
+def test_hook_problems_names_each_missing_event_and_check() -> None:
+    wrong = hook(
+        merge_requests_events=False, note_events=False, enable_ssl_verification=False
+    )
+    assert doctor.hook_problems([wrong], HOOK_URL) == [
+        "merge request events are off",
+        "comment events are off",
+        "SSL verification is off",
+    ]
+
+
+def test_hook_problems_reports_a_disabled_hook_and_duplicates() -> None:
+    problems = doctor.hook_problems(
+        [hook(alert="temporarily_disabled"), hook()], HOOK_URL
+    )
+    assert problems == [
+        "GitLab stopped delivering (temporarily_disabled)",
+        f"2 webhooks to {HOOK_URL}: delete all but one",
+    ]
+
+
+def test_hook_problems_points_at_a_bot_webhook_elsewhere_but_not_other_hooks() -> None:
+    elsewhere = "https://old.example/webhooks/gitlab"
+    assert doctor.hook_problems([hook(elsewhere)], HOOK_URL) == [
+        f"no webhook to {HOOK_URL} (one goes to {elsewhere})"
+    ]
+    assert doctor.hook_problems([hook("https://ci.example/x")], HOOK_URL) == [
+        f"no webhook to {HOOK_URL}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("level", "verdict", "words"),
+    [
+        (None, Verdict.FAIL, "is not a member of team/app: add it as Maintainer"),
+        (10, Verdict.FAIL, "is only Guest: make it Maintainer"),
+        (20, Verdict.FAIL, "is only Reporter: make it Maintainer"),
+        (30, Verdict.WARN, "managing the webhook (`rwbot hooks install`) needs"),
+        (40, Verdict.OK, "@bot is Maintainer"),
+        (50, Verdict.OK, "@bot is Owner"),
+    ],
+)
+def test_role_verdict_by_access_level(
+    level: int | None, verdict: Verdict, words: str
+) -> None:
+    got, detail = doctor.role_verdict(level, "bot", "team/app")
+
+    assert got is verdict
+    assert words in detail

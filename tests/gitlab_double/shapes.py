@@ -301,8 +301,10 @@ def hook(record: Hook) -> dict[str, Any]:
         "custom_headers": [{"key": h["key"]} for h in headers],
         "token_present": bool(record.token),
         "signing_token_present": bool(record.signing_token),
-        "alert_status": "executable",
-        "disabled_until": None,
+        "alert_status": record.alert_status,
+        "disabled_until": (
+            api_time(record.disabled_until) if record.disabled_until else None
+        ),
     }
 
 

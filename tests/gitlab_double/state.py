@@ -137,6 +137,10 @@ class Hook:
     signing_token: str | None
     settings: dict[str, Any]
     created_at: datetime
+    #: ``executable``, ``temporarily_disabled`` or ``disabled``: GitLab stops
+    #: delivering to a hook that keeps failing (docs: "auto-disabled webhooks").
+    alert_status: str = "executable"
+    disabled_until: datetime | None = None
 
 
 @dataclass
