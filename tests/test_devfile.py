@@ -8,19 +8,22 @@ starterProjects, component/command/event kinds, hotReloadCapable, restricted
 attributes, variable prefixes, one main container, overrideCommand with
 command/args) and per structural rule (schemaVersion, required keys, names,
 endpoints, quantities, references between parts, YAML errors), each with its
-exact key path and line (also exec ``env``/``group``, apply ``group``,
-container ``dedicatedPod``/``annotation``, endpoint ``annotation`` and
-``gl-`` names, ``dependentProjects``, ``plugin``, duplicate command ids and
-endpoint names, endpoint ports shared by two containers, two kinds in one
-component, apply naming a missing component); the summary in ``reason``, which
-names every unsupported feature (up to a bound); the plan's image allow-list,
-resource caps and ignored parts; Kubernetes quantities; fuzzing: any text, any
-nested data and any mutation of a valid devfile raise nothing but DevfileError.
+exact key path and line (also exec ``env``/``group``, apply ``group``, container
+``dedicatedPod``/``annotation``, endpoint ``annotation`` and ``gl-`` names,
+``dependentProjects``, ``plugin``, duplicate command ids and endpoint names,
+endpoint ports shared by two containers, two kinds in one component, apply
+naming a missing component); the summary in ``reason``, which names every
+unsupported feature (up to a bound); whether the devfile in use changed between
+two commits (``change``, for ``sync``), read from real ``git ls-tree`` output;
+the plan's image allow-list, resource caps and ignored parts; Kubernetes
+quantities; fuzzing: any text, any nested data and any mutation of a valid
+devfile raise nothing but DevfileError.
 """
 
 from __future__ import annotations
 
 import copy
+import subprocess
 from decimal import Decimal
 from pathlib import Path
 from textwrap import dedent
@@ -32,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import devfile
-from bot.devfile import DevfileError, Plan, PostStart, Resources, quantity
+from bot.devfile import DevfileError, Plan, PostStart, Resources, change, quantity
 from bot.errors import PermanentError
 
 SAMPLES = Path(__file__).parent / "devfiles"
@@ -764,17 +767,21 @@ def parse_or_refuse(text: str) -> None:
         return
 
 
+# No deadline: Hypothesis' default (200 ms an example) is a timed assertion,
+# and fails on a loaded machine.
+@settings(deadline=None)
 @given(st.text(max_size=400))
 def test_any_text_raises_only_devfile_error(text: str) -> None:
     parse_or_refuse(text)
 
 
+@settings(deadline=None)
 @given(trees)
 def test_any_nested_data_raises_only_devfile_error(tree: Any) -> None:
     parse_or_refuse(yaml.safe_dump(tree))
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(sorted(p.name for p in SAMPLES.glob("*.yaml"))),
     st.lists(st.tuples(st.integers(0, 1000), devfile_keys, trees), max_size=4),
@@ -796,3 +803,48 @@ def test_mutated_samples_raise_only_devfile_error(
         elif isinstance(node, list):
             node.append(value)
     parse_or_refuse(yaml.safe_dump(tree))
+
+
+# change (devfile after /workspace sync) -----------------------------------------
+
+
+def test_changed_sees_a_devfile_added_removed_edited_or_replaced() -> None:
+    one = {".devfile.yaml": "b1"}
+
+    assert change.changed({}, one) and change.changed(one, {})
+    assert change.changed(one, {".devfile.yaml": "b2"})
+    # .devfile.yaml wins over a named devfile, so removing it picks another.
+    both = {".devfile.yaml": "b1", ".devfile/dev.yaml": "b3"}
+    assert change.changed(both, {".devfile/dev.yaml": "b3"})
+
+
+def test_changed_ignores_files_the_bot_would_not_pick() -> None:
+    before = {".devfile.yaml": "b1", ".devfile/other.yaml": "b2"}
+    after = {".devfile.yaml": "b1", ".devfile/other.yaml": "b9", "README": "x"}
+
+    assert not change.changed(before, after)
+    assert not change.changed({}, {})
+
+
+def test_blobs_reads_git_ls_tree_keeping_regular_files_only(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".devfile" / "nested").mkdir(parents=True)
+    (repo / ".devfile.yaml").write_text(MINIMAL)
+    (repo / ".devfile" / "dev.yaml").write_text(MINIMAL)
+    (repo / ".devfile" / "nested" / "deep.yaml").write_text(MINIMAL)
+    (repo / ".devfile.yml").symlink_to(".devfile.yaml")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "devfiles"], check=True)
+    listed = subprocess.run(
+        [*git, "ls-tree", "-z", "HEAD", "--", *change.LS_TREE_PATHS],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+    found = change.blobs(listed)
+
+    assert sorted(found) == [".devfile.yaml", ".devfile/dev.yaml"]
+    assert all(len(blob) == 40 for blob in found.values())
