@@ -3,11 +3,13 @@
 ``create_app()`` with no arguments reads the environment, which is what
 ``gunicorn "bot.app:create_app()"`` does; tests and ``rwbot serve`` pass a
 :class:`~bot.settings.Settings` and, if they like, their own store, GitLab
-client and runtime.
+client and runtime, and ``rwbot serve`` the event that wakes its reconciler
+after a delivery.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from flask import Flask
@@ -28,6 +30,7 @@ def create_app(
     store: Store | None = None,
     gitlab: Client | None = None,
     runtime: Runtime | None = None,
+    wake: threading.Event | None = None,
 ) -> Flask:
     if settings is None:
         # The gunicorn entry point: everything comes from the environment.
@@ -56,7 +59,8 @@ def create_app(
     app.register_blueprint(health.bp)
     auth.init_app(app)
     terminal.init_app(app)
-    app.wsgi_app = webhooks.Receiver(app.wsgi_app, settings, store)  # type: ignore[method-assign]
+    receiver = webhooks.Receiver(app.wsgi_app, settings, store, wake)
+    app.wsgi_app = receiver  # type: ignore[method-assign]
     return app
 
 

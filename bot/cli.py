@@ -142,6 +142,13 @@ def serve_forever(settings: Settings, bind: str, threads: int) -> int:
 
     settings, store, gitlab, runtime = build(settings)
     stop = threading.Event()
+    # The receiver sets it after committing a delivery that needs work, so the
+    # reconciler starts on a new MR at once instead of after its idle pause.
+    wake = threading.Event()
+
+    def stop_reconciler() -> None:
+        stop.set()
+        wake.set()
 
     def start_reconciler(_worker: Any) -> None:
         # Runs inside the gunicorn worker process, after the fork: connections
@@ -149,7 +156,11 @@ def serve_forever(settings: Settings, bind: str, threads: int) -> int:
         store.engine.dispose(close=False)
         reconciler = Reconciler(settings, store, gitlab, runtime)
         threading.Thread(
-            target=reconciler.run_forever, args=(stop,), name="reconciler", daemon=True
+            target=reconciler.run_forever,
+            args=(stop,),
+            kwargs={"wake": wake},
+            name="reconciler",
+            daemon=True,
         ).start()
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -159,14 +170,16 @@ def serve_forever(settings: Settings, bind: str, threads: int) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", threads)
             self.cfg.set("post_worker_init", start_reconciler)
-            self.cfg.set("worker_exit", lambda _arbiter, _worker: stop.set())
+            self.cfg.set("worker_exit", lambda _arbiter, _worker: stop_reconciler())
             # gunicorn's control socket sits at one path per user: two bots
             # (or a bot and tests) on a host would share it.
             self.cfg.set("control_socket_disable", True)
             self.cfg.set("accesslog", None)
 
         def load(self) -> Any:
-            return create_app(settings, store=store, gitlab=gitlab, runtime=runtime)
+            return create_app(
+                settings, store=store, gitlab=gitlab, runtime=runtime, wake=wake
+            )
 
     log.info("serving", extra={"bind": bind})
     Server().run()

@@ -108,8 +108,20 @@ class Reconciler:
                     )
         return len(rows)
 
-    def run_forever(self, stop: threading.Event, idle_wait: float = 0.5) -> None:
-        """Work until ``stop`` is set; resync on schedule."""
+    def run_forever(
+        self,
+        stop: threading.Event,
+        idle_wait: float = 0.5,
+        wake: threading.Event | None = None,
+    ) -> None:
+        """Work until ``stop`` is set; resync on schedule.
+
+        With nothing due, the loop looks again after ``idle_wait`` seconds, or as
+        soon as ``wake`` is set: the webhook receiver in the same process sets it
+        once a delivery that needs work is committed (``rwbot serve``), so a new
+        MR is picked up at once rather than up to ``idle_wait`` later. Whoever
+        sets ``stop`` should set ``wake`` too, or stopping waits out the pause.
+        """
         while not stop.is_set():
             try:
                 if (
@@ -117,8 +129,11 @@ class Reconciler:
                     >= self.settings.resync_interval
                 ):
                     self.resync()
-                if self.run_once() == 0:
-                    stop.wait(idle_wait)
+                idle = self.run_once() == 0
+                if idle and (wake or stop).wait(idle_wait) and wake is not None:
+                    # Cleared before the next claim, which sees the committed
+                    # row: a delivery that rings after this is not missed.
+                    wake.clear()
             except TemporaryError as err:
                 log.warning("reconciler paused", extra={"error": str(err)})
                 stop.wait(min(self.settings.retry_max, 5.0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,6 +34,8 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/gitlab"
+#: Outcomes of :func:`bot.intake.record` that leave a row due for the reconciler.
+WORK = frozenset({"applied", "queued"})
 
 DELIVERIES = Counter(
     "rwbot_webhook_deliveries_total",
@@ -46,10 +49,19 @@ WSGIApp = Callable[[dict[str, Any], Any], Iterable[bytes]]
 class Receiver:
     """Answers ``PATH`` on the bot's own hosts; passes the rest to ``app``."""
 
-    def __init__(self, app: WSGIApp, settings: Settings, store: Store) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        settings: Settings,
+        store: Store,
+        wake: threading.Event | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.store = store
+        # Set once a delivery that gives the reconciler work is committed; a
+        # reconciler in the same process (rwbot serve) waits on it when idle.
+        self.wake = wake
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH or self._for_an_endpoint(environ):
@@ -105,6 +117,8 @@ class Receiver:
             DELIVERIES.labels(_label(event_name), "unavailable").inc()
             # GitLab retries later; the delivery was not stored.
             return _answer(503, error="store unavailable, retry later")
+        if outcome in WORK and self.wake is not None:
+            self.wake.set()
         DELIVERIES.labels(_label(event_name), outcome).inc()
         # DEBUG, not INFO: the deliveries table already keeps every delivery with
         # its key, event and outcome, and a line per delivery was a tenth of the

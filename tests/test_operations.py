@@ -7,19 +7,23 @@ logs carry structured fields and never a secret, even inside an exception;
 ``rwbot hooks install`` registers one hook with the right events and updates it
 on a second run; GitLab answering 429 with Retry-After and 5xx ends with the
 right single comment, retried no sooner than GitLab asked; the whole flow works
-on PostgreSQL as well.
+on PostgreSQL as well; an idle reconciler looks again as soon as it is woken,
+and stops when asked even in a long pause.
 """
 
 import io
 import json
 import logging
+import threading
 import time
 
 import pytest
 
 from bot import logs
 from bot.cli import install_hook
-from bot.gitlab import HOOK_EVENTS
+from bot.gitlab import HOOK_EVENTS, Client
+from bot.reconciler import Reconciler
+from bot.settings import Settings
 from bot.store import Store
 from tests import harness, services
 from tests.gitlab_double import DEVELOPER
@@ -165,3 +169,47 @@ def test_an_unexpected_error_gives_the_row_back_with_backoff(stack, project):
     stack.make_due()
     stack.settle()
     assert "ready" in stack.comment(mr)
+
+
+class CountingReconciler(Reconciler):
+    """Finds nothing to do, and counts how often it looked."""
+
+    looks = 0
+
+    def resync(self):
+        pass
+
+    def run_once(self, limit=10):
+        self.looks += 1
+        return 0
+
+
+def test_an_idle_reconciler_looks_again_as_soon_as_it_is_woken(tmp_path):
+    settings = Settings(
+        gitlab_url="http://127.0.0.1:9",
+        gitlab_token="tok",
+        webhook_secret="s3cret",
+        public_url="http://bot.test",
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+    )
+    reconciler = CountingReconciler(
+        settings, Store(settings.database_url), Client(settings), runtime=None
+    )
+    stop, wake = threading.Event(), threading.Event()
+    # An hour's pause: only the wake-up can bring the next look within the test.
+    worker = threading.Thread(
+        target=reconciler.run_forever, args=(stop, 3600.0, wake), daemon=True
+    )
+    worker.start()
+    try:
+        services.wait_for(lambda: reconciler.looks == 1, what="the first look")
+        wake.set()
+        services.wait_for(lambda: reconciler.looks == 2, what="a look when woken")
+        assert not wake.is_set()  # cleared before looking, ready for the next
+        wake.set()
+        services.wait_for(lambda: reconciler.looks == 3, what="a look when woken")
+    finally:
+        stop.set()
+        wake.set()
+        worker.join(timeout=30)
+    assert not worker.is_alive()
