@@ -36,6 +36,17 @@ NOTE_HOOK = "Note Hook"
 MAX_KEY_LENGTH = 200
 #: Largest id we accept: GitLab ids are bigint columns.
 MAX_ID = 2**63 - 1
+#: Largest id kept in the store's integer columns (projects, MR iids, users;
+#: bot/store.py). GitLab's own ids for these are 32-bit integers.
+MAX_STORED_ID = 2**31 - 1
+#: Longest texts the store's columns hold (bot/store.py); longer is refused.
+MAX_PATH = 512  # project path, source branch
+MAX_URL = 960  # a project's web URL is stored with "/-/merge_requests/<iid>"
+MAX_STATE = 16
+MAX_USERNAME = 255
+MAX_DISCUSSION_ID = 64
+#: Titles are only shown, so a longer one is cut (GitLab allows 255).
+MAX_TITLE = 255
 _SHA_LENGTHS = (40, 64)  # SHA-1 and SHA-256 repositories
 
 
@@ -278,18 +289,18 @@ def _merge_request(root: _Object) -> MergeRequestEvent:
     target_project_id = attrs.integer("target_project_id")
 
     return MergeRequestEvent(
-        project_id=project.integer("id"),
-        project_path=project.text("path_with_namespace"),
-        project_http_url=project.first_text("git_http_url", "http_url"),
-        project_web_url=project.text("web_url"),
-        mr_iid=attrs.integer("iid"),
+        project_id=project.integer("id", most=MAX_STORED_ID),
+        project_path=project.text("path_with_namespace", most=MAX_PATH),
+        project_http_url=project.first_text("git_http_url", "http_url", most=MAX_URL),
+        project_web_url=project.text("web_url", most=MAX_URL),
+        mr_iid=attrs.integer("iid", most=MAX_STORED_ID),
         mr_id=attrs.integer("id"),
-        title=attrs.text("title"),
+        title=attrs.text("title")[:MAX_TITLE],
         action=attrs.optional_text("action") or "",
-        state=attrs.text("state"),
+        state=attrs.text("state", most=MAX_STATE),
         head_sha=attrs.child("last_commit").sha("id"),
         oldrev=attrs.optional_sha("oldrev"),
-        source_branch=attrs.text("source_branch"),
+        source_branch=attrs.text("source_branch", most=MAX_PATH),
         source_project_id=source_project_id,
         target_project_id=target_project_id,
         is_fork=source_project_id != target_project_id,
@@ -297,9 +308,9 @@ def _merge_request(root: _Object) -> MergeRequestEvent:
         draft=attrs.flag("draft", default=attrs.flag("work_in_progress")),
         updated_at=attrs.timestamp("updated_at"),
         actor_id=user.optional_integer("id"),
-        actor_username=user.text("username"),
-        author_id=attrs.optional_integer("author_id"),
-        url=attrs.text("url"),
+        actor_username=user.text("username", most=MAX_USERNAME),
+        author_id=attrs.optional_integer("author_id", most=MAX_STORED_ID),
+        url=attrs.text("url", most=MAX_URL),
     )
 
 
@@ -327,13 +338,13 @@ def _note(root: _Object) -> Event:
     source_project_id = merge_request.integer("source_project_id")
 
     return NoteEvent(
-        project_id=project.integer("id"),
-        project_path=project.text("path_with_namespace"),
-        project_http_url=project.first_text("git_http_url", "http_url"),
-        project_web_url=project.text("web_url"),
-        mr_iid=merge_request.integer("iid"),
+        project_id=project.integer("id", most=MAX_STORED_ID),
+        project_path=project.text("path_with_namespace", most=MAX_PATH),
+        project_http_url=project.first_text("git_http_url", "http_url", most=MAX_URL),
+        project_web_url=project.text("web_url", most=MAX_URL),
+        mr_iid=merge_request.integer("iid", most=MAX_STORED_ID),
         mr_id=merge_request.integer("id"),
-        mr_state=merge_request.text("state"),
+        mr_state=merge_request.text("state", most=MAX_STATE),
         head_sha=merge_request.child("last_commit").sha("id"),
         is_fork=source_project_id != merge_request.integer("target_project_id"),
         source_project_id=source_project_id,
@@ -341,9 +352,9 @@ def _note(root: _Object) -> Event:
         body=attrs.text("note"),
         action=attrs.optional_text("action") or "create",
         system=system,
-        author_id=attrs.integer("author_id"),
-        author_username=user.text("username"),
-        discussion_id=attrs.optional_text("discussion_id"),
+        author_id=attrs.integer("author_id", most=MAX_STORED_ID),
+        author_username=user.text("username", most=MAX_USERNAME),
+        discussion_id=attrs.optional_text("discussion_id", most=MAX_DISCUSSION_ID),
         created_at=attrs.timestamp("created_at"),
     )
 
@@ -352,7 +363,8 @@ class _Object:
     """A JSON object and where it sits in the payload, for precise reasons.
 
     Every getter checks the type of what it returns; a wrong or missing required
-    value raises :class:`Malformed` naming the dotted path of the field.
+    value raises :class:`Malformed` naming the dotted path of the field. ``most``
+    bounds an integer's value or a text's length, for what the store keeps.
     """
 
     def __init__(self, data: dict[str, object], path: str = "") -> None:
@@ -368,39 +380,47 @@ class _Object:
             self._fail(key, "an object")
         return _Object(value, self._where(key))
 
-    def integer(self, key: str) -> int:
-        value = self.optional_integer(key)
+    def integer(self, key: str, most: int = MAX_ID) -> int:
+        value = self.optional_integer(key, most)
         if value is None:
             self._fail(key, "an integer")
         return value
 
-    def optional_integer(self, key: str) -> int | None:
+    def optional_integer(self, key: str, most: int = MAX_ID) -> int | None:
         value = self._data.get(key)
         if value is None:
             return None
         # bool is a subclass of int, and true is no id.
         if type(value) is not int:
             self._fail(key, "an integer")
-        if not 0 <= value <= MAX_ID:
+        if not 0 <= value <= most:
             self._fail(key, "an integer in range")
         return value
 
-    def text(self, key: str) -> str:
-        value = self.optional_text(key)
+    def text(self, key: str, most: int | None = None) -> str:
+        value = self.optional_text(key, most)
         if value is None:
             self._fail(key, "a string")
         return value
 
-    def optional_text(self, key: str) -> str | None:
+    def optional_text(self, key: str, most: int | None = None) -> str | None:
         value = self._data.get(key)
-        if value is None or isinstance(value, str):
-            return value
-        self._fail(key, "a string")
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self._fail(key, "a string")
+        if not _storable(value):
+            # GitLab's own database holds neither, so no real payload has them,
+            # and PostgreSQL refuses both in text.
+            self._fail(key, "text without NUL or unpaired surrogates")
+        if most is not None and len(value) > most:
+            self._fail(key, f"at most {most} characters")
+        return value
 
-    def first_text(self, *keys: str) -> str:
+    def first_text(self, *keys: str, most: int | None = None) -> str:
         """The first of ``keys`` that holds a string (for renamed fields)."""
         for key in keys:
-            value = self.optional_text(key)
+            value = self.optional_text(key, most)
             if value is not None:
                 return value
         self._fail(keys[0], "a string")
@@ -534,6 +554,19 @@ def _is_token(value: str) -> bool:
 def _is_sha(value: str) -> bool:
     hexdigits = "0123456789abcdefABCDEF"
     return len(value) in _SHA_LENGTHS and all(c in hexdigits for c in value)
+
+
+def _storable(text: str) -> bool:
+    """No NUL, and valid UTF-8 once encoded (JSON may carry lone surrogates)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _shown(value: str) -> str:

@@ -87,7 +87,7 @@ class Receiver:
 
     def receive(self, request: Request) -> Response:
         settings = self.settings
-        event_name = request.headers.get("X-Gitlab-Event", "")[:64]
+        event_name = _printable(request.headers.get("X-Gitlab-Event", ""))[:64]
         body = request.get_data(cache=False)
 
         try:
@@ -142,6 +142,14 @@ def _caused_by_bot(event: hooks.Event, bot_user_id: int | None) -> bool:
     if isinstance(event, hooks.NoteEvent):
         return event.author_id == bot_user_id
     return False
+
+
+def _printable(header: str) -> str:
+    """The header as the deliveries table may keep it: no control characters
+    (a NUL would make PostgreSQL refuse the row)."""
+    if header.isprintable():
+        return header
+    return header.encode("unicode_escape").decode("ascii")
 
 
 def _label(event_name: str) -> str:

@@ -16,6 +16,10 @@ Cases covered:
 - A ``Malformed`` reason naming the path of every required field, missing or of
   the wrong type, and of optional fields of the wrong type.
 - Timestamp styles GitLab uses.
+- What the store can keep: text longer than its column, NUL or an unpaired
+  surrogate in any text, and ids beyond its integer columns are malformed,
+  naming the field; a long title (only shown) is cut; the limits fit the
+  columns.
 - Hypothesis: arbitrary bytes, arbitrary JSON and mutations of the real samples
   never raise anything but ``WebhookError``, and what parses has fields of the
   declared types.
@@ -896,6 +900,114 @@ def test_timestamps_out_of_range_or_nonsense_are_malformed(text: str) -> None:
 
     with pytest.raises(Malformed, match="updated_at: expected a timestamp"):
         parse_payload(MR, payload)
+
+
+# --- what the store can keep --------------------------------------------------------
+
+STORED_TEXT = [
+    ("mr_open.json", MR, "project.path_with_namespace", hooks.MAX_PATH),
+    ("mr_open.json", MR, "project.web_url", hooks.MAX_URL),
+    ("mr_open.json", MR, "project.git_http_url", hooks.MAX_URL),
+    ("mr_open.json", MR, "object_attributes.state", hooks.MAX_STATE),
+    ("mr_open.json", MR, "object_attributes.source_branch", hooks.MAX_PATH),
+    ("mr_open.json", MR, "object_attributes.url", hooks.MAX_URL),
+    ("mr_open.json", MR, "user.username", hooks.MAX_USERNAME),
+    ("note_mr_create.json", NOTE, "merge_request.state", hooks.MAX_STATE),
+    ("note_mr_create.json", NOTE, "user.username", hooks.MAX_USERNAME),
+    ("note_mr_create.json", NOTE, "object_attributes.discussion_id", 64),
+]
+
+
+@pytest.mark.parametrize(("sample", "event", "path", "most"), STORED_TEXT)
+def test_text_longer_than_its_column_is_malformed_naming_its_path(
+    sample: str, event: str, path: str, most: int
+) -> None:
+    payload = load(sample)
+    node, key = walk_to(payload, path)
+    node[key] = "a" * most
+    parse_payload(event, payload)
+    node[key] = "a" * (most + 1)
+
+    with pytest.raises(Malformed) as caught:
+        parse_payload(event, payload)
+
+    assert caught.value.reason == f"{path}: expected at most {most} characters"
+
+
+@pytest.mark.parametrize("text", ["\x00", "merge\x00d", "\ud800", "a\udfffb"])
+@pytest.mark.parametrize(
+    ("sample", "event", "path"),
+    [
+        ("mr_open.json", MR, "object_attributes.title"),
+        ("mr_open.json", MR, "object_attributes.source_branch"),
+        ("note_mr_create.json", NOTE, "object_attributes.note"),
+        ("note_mr_create.json", NOTE, "user.username"),
+    ],
+)
+def test_nul_or_an_unpaired_surrogate_in_text_is_malformed(
+    sample: str, event: str, path: str, text: str
+) -> None:
+    payload = load(sample)
+    node, key = walk_to(payload, path)
+    node[key] = text
+
+    with pytest.raises(Malformed) as caught:
+        parse_payload(event, payload)
+
+    assert caught.value.reason == (
+        f"{path}: expected text without NUL or unpaired surrogates"
+    )
+
+
+def test_a_long_title_is_cut_since_it_is_only_shown() -> None:
+    payload = load("mr_open.json")
+    payload["object_attributes"]["title"] = "é" * 5000
+
+    event = parse_payload(MR, payload)
+
+    assert isinstance(event, MergeRequestEvent)
+    assert event.title == "é" * hooks.MAX_TITLE
+
+
+@pytest.mark.parametrize(
+    ("path", "event", "sample"),
+    [
+        ("project.id", MR, "mr_open.json"),
+        ("object_attributes.iid", MR, "mr_open.json"),
+        ("object_attributes.author_id", MR, "mr_open.json"),
+        ("merge_request.iid", NOTE, "note_mr_create.json"),
+        ("object_attributes.author_id", NOTE, "note_mr_create.json"),
+    ],
+)
+def test_ids_beyond_the_stores_integer_columns_are_malformed(
+    path: str, event: str, sample: str
+) -> None:
+    payload = load(sample)
+    node, key = walk_to(payload, path)
+    node[key] = hooks.MAX_STORED_ID
+    parse_payload(event, payload)
+    node[key] = hooks.MAX_STORED_ID + 1
+
+    with pytest.raises(Malformed, match=f"{path}: expected an integer in range"):
+        parse_payload(event, payload)
+
+
+def test_the_limits_fit_the_stores_columns() -> None:
+    from bot.store import CommandNote, Workspace
+
+    columns = Workspace.__table__.c
+    notes = CommandNote.__table__.c
+    assert columns.project_path.type.length >= hooks.MAX_PATH
+    assert columns.source_branch.type.length >= hooks.MAX_PATH
+    assert columns.project_http_url.type.length >= hooks.MAX_URL
+    # A note's MR URL is stored as web_url + "/-/merge_requests/" + the iid.
+    longest_mr_url = (
+        hooks.MAX_URL + len("/-/merge_requests/") + len(str(hooks.MAX_STORED_ID))
+    )
+    assert longest_mr_url <= columns.mr_url.type.length
+    assert columns.mr_state.type.length >= hooks.MAX_STATE
+    assert notes.author_username.type.length >= hooks.MAX_USERNAME
+    assert notes.discussion_id.type.length >= hooks.MAX_DISCUSSION_ID
 
 
 def test_errors_are_bot_errors_with_a_status() -> None:
