@@ -152,6 +152,23 @@ def workspace_bench(tmp: Path) -> Iterator[Bench]:
             stack.close()
 
 
+class _Count(logging.Handler):
+    """Counts the bot's log records with one message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+        self.seen = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == self.message:
+            self.seen += 1
+
+
+#: The terminal handler's last step logs "terminal closed" (``bot.terminal``).
+TERMINALS_CLOSED = _Count("terminal closed")
+
+
 @contextlib.contextmanager
 def _quiet_bot(path: Path) -> Iterator[None]:
     """The bot logs at INFO, as in production, but to a file; werkzeug's request
@@ -161,6 +178,7 @@ def _quiet_bot(path: Path) -> Iterator[None]:
     bot_log, werkzeug_log = logging.getLogger("bot"), logging.getLogger("werkzeug")
     saved = bot_log.level, bot_log.propagate, werkzeug_log.level
     bot_log.addHandler(handler)
+    bot_log.addHandler(TERMINALS_CLOSED)
     bot_log.setLevel(logging.INFO)
     bot_log.propagate = False
     werkzeug_log.setLevel(logging.WARNING)
@@ -169,6 +187,7 @@ def _quiet_bot(path: Path) -> Iterator[None]:
         yield
     finally:
         bot_log.removeHandler(handler)
+        bot_log.removeHandler(TERMINALS_CLOSED)
         handler.close()
         bot_log.setLevel(saved[0])
         bot_log.propagate = saved[1]
@@ -228,6 +247,7 @@ def close_terminal(bench: Bench, sock: websocket.WebSocket, user_id: int) -> Non
     teardown (``rwctl end``) never overlaps the next measurement."""
     from tests import services
 
+    closed_before = TERMINALS_CLOSED.seen
     sock.close()
     uid = str(accounts.uid_for(user_id))
 
@@ -236,8 +256,12 @@ def close_terminal(bench: Bench, sock: websocket.WebSocket, user_id: int) -> Non
         return uid not in out.decode().split()
 
     services.wait_for(ended, timeout=30, what="the shell to end")
-    # The bot's handler returns just after the processes are gone.
-    time.sleep(0.2)
+    # The handler's last step, after the processes are gone, logs this.
+    services.wait_for(
+        lambda: TERMINALS_CLOSED.seen > closed_before,
+        timeout=30,
+        what="the bot's terminal handler to finish",
+    )
 
 
 # -- measurements -----------------------------------------------------------------
