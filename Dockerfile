@@ -61,6 +61,9 @@ ENV PATH=/opt/rwbot/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 # SQLite's file lives here (mount a volume); replicas use PostgreSQL instead.
 VOLUME /data
 EXPOSE 8080
-# No control socket: gunicorn would put it under $HOME, and this user has none.
-CMD ["gunicorn", "--bind", "0.0.0.0:8080", "--worker-class", "gthread", \
-     "--threads", "64", "--no-control-socket", "bot.app:create_app()"]
+# What an install may tune (the Helm chart sets its own) is in gunicorn's
+# variable; the command keeps what must not change. No control socket:
+# gunicorn would put it under $HOME, and this user has none.
+ENV GUNICORN_CMD_ARGS="--bind=0.0.0.0:8080 --threads=64"
+CMD ["gunicorn", "--worker-class=gthread", "--no-control-socket", \
+     "bot.app:create_app()"]

@@ -14,10 +14,23 @@ certificate, and without it none of that (the domain is schema-checked); web
 pods carry the labels workspace NetworkPolicies admit; and the chart's
 ClusterRole grants exactly the (apiGroup, resource, verb) triples the runtime
 was seen to use against the API double in a full lifecycle.
+
+Also: an admin's template directory replaces only the files it holds (and a
+template that renders the wrong object is refused naming its file), and the
+chart mounts one from a ConfigMap where RWBOT_K8S_TEMPLATES points; every
+egress mode validates, DNS goes only to the cluster DNS (or the admin's), and
+the clone step has no capabilities; the web container runs the image's own
+command; the chart refuses an endpoints domain holding the bot's host and NOTES
+warn about a missing wildcard certificate; the rendered configuration parses
+with the bot's own settings parsers; the schema refuses wrong types.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +39,12 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from gunicorn import config as gunicorn_config
 
-from bot import accounts, devfile
-from bot.errors import PermanentError
+from bot import accounts, devfile, settings
+from bot.errors import ConfigError, PermanentError
 from bot.runtime import base, workspace
+from bot.runtime.kube import config as kube_config
 from bot.runtime.kube import manifests
 from bot.runtime.kubernetes import (
     SUPPORTED_KUBERNETES,
@@ -44,6 +59,8 @@ from tests.services import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "review-workspace-bot"
 FULL_VALUES = ROOT / "tests" / "helm" / "full-values.yaml"
+SHIPPED_TEMPLATES = ROOT / "templates" / "kubernetes"
+DOCKERFILE = ROOT / "Dockerfile"
 VERSIONS = [f"{minor}.0" for minor in SUPPORTED_KUBERNETES]
 HELM_INFO = 1  # helm lint severities: 1 info, 2 warning, 3 error
 
@@ -156,12 +173,22 @@ def test_newest_claimed_version_is_the_newest_schema_we_have() -> None:
 # -- workspace manifests ---------------------------------------------------------------
 
 
+def config_for(which: str, rwctl: Path) -> KubernetesConfig:
+    """default, full (egress: internet), or full with another egress mode."""
+    if which in ("default", "devfile"):
+        return KubernetesConfig(rwctl=rwctl)
+    mode = {"full": "internet"}.get(which, which)
+    return dataclasses.replace(
+        full_config(rwctl), egress=mode, dns_cidrs=("169.254.20.10/32",)
+    )
+
+
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("which", ["default", "full", "devfile"])
+@pytest.mark.parametrize("which", ["default", "full", "allowlist", "open", "devfile"])
 def test_workspace_manifests_validate_strictly(
     rwctl: Path, which: str, version: str
 ) -> None:
-    config = KubernetesConfig(rwctl=rwctl) if which != "full" else full_config(rwctl)
+    config = config_for(which, rwctl)
     plan = devfile_plan() if which == "devfile" else None
     for obj in workspace_objects(config, plan=plan).values():
         kubernetes_validate.validate(obj, version, strict=True)
@@ -246,12 +273,16 @@ def test_workspace_containers_keep_only_the_capabilities_rwctl_needs(
         "spec"
     ]
 
-    for container in pod["initContainers"] + pod["containers"]:
+    (clone,) = pod["initContainers"]
+    (shell,) = pod["containers"]
+    assert shell["securityContext"]["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["SETUID", "SETGID", "CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL"],
+    }
+    # The clone writes only what it creates: it needs no capability at all.
+    assert clone["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    for container in (clone, shell):
         security = container["securityContext"]
-        assert security["capabilities"] == {
-            "drop": ["ALL"],
-            "add": ["SETUID", "SETGID", "CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL"],
-        }
         assert security["allowPrivilegeEscalation"] is False
         assert security["seccompProfile"] == {"type": "RuntimeDefault"}
         assert set(container["resources"]["limits"]) == {
@@ -369,10 +400,72 @@ def test_network_policy_admits_only_the_bot_and_denies_private_ranges(
         "192.168.0.0/16",
         "169.254.0.0/16",
     }
-    assert egress[0]["ports"] == [
-        {"protocol": "UDP", "port": 53},
-        {"protocol": "TCP", "port": 53},
+    assert egress[0] == {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [
+            {"protocol": "UDP", "port": 53},
+            {"protocol": "TCP", "port": 53},
+        ],
+    }
+
+
+def test_dns_goes_to_the_cluster_dns_the_admin_names_and_nowhere_else(
+    rwctl: Path,
+) -> None:
+    config = kube_config.config_from_env(
+        {
+            "RWBOT_K8S_DNS_NAMESPACE": "dns-system",
+            "RWBOT_K8S_DNS_POD_LABELS": "app.kubernetes.io/name=coredns,tier=dns",
+            "RWBOT_K8S_DNS_CIDRS": "169.254.20.10/32",
+            "RWBOT_K8S_RWCTL": str(rwctl),
+        }
+    )
+    policy = workspace_objects(config)["NetworkPolicy"]
+    (dns,) = [
+        rule
+        for rule in policy["spec"]["egress"]
+        if {"protocol": "UDP", "port": 53} in rule.get("ports", [])
     ]
+
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": "dns-system"}
+            },
+            "podSelector": {
+                "matchLabels": {"app.kubernetes.io/name": "coredns", "tier": "dns"}
+            },
+        },
+        {"ipBlock": {"cidr": "169.254.20.10/32"}},
+    ]
+    # Port 53 is open only towards those: no rule names a port without peers.
+    assert all("to" in rule for rule in policy["spec"]["egress"])
+    for bad in (
+        {"RWBOT_K8S_DNS_POD_LABELS": "k8s-app"},
+        {"RWBOT_K8S_DNS_NAMESPACE": "Kube_System"},
+        {"RWBOT_K8S_DNS_CIDRS": "kube-dns.kube-system"},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            kube_config.config_from_env(bad)
+
+
+def test_egress_modes_open_and_allowlist_shape_the_policy(rwctl: Path) -> None:
+    open_policy = workspace_objects(config_for("open", rwctl))["NetworkPolicy"]
+    allow = workspace_objects(config_for("allowlist", rwctl))["NetworkPolicy"]
+
+    assert open_policy["spec"]["policyTypes"] == ["Ingress"]
+    assert "egress" not in open_policy["spec"]
+    assert allow["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    peers = [peer for rule in allow["spec"]["egress"] for peer in rule["to"]]
+    cidrs = [peer["ipBlock"]["cidr"] for peer in peers if "ipBlock" in peer]
+    assert cidrs == ["169.254.20.10/32", "10.20.0.0/16", "2001:db8::/32"]
 
 
 def test_untrusted_strings_stay_inside_their_values(rwctl: Path) -> None:
@@ -387,6 +480,85 @@ def test_untrusted_strings_stay_inside_their_values(rwctl: Path) -> None:
     assert env["RWBOT_SOURCE_REF"] == ref
     assert env["RWBOT_CHECKOUT_DIR"] == "/workspace/" + path
     assert "evil" not in clone
+
+
+# -- the admin's templates -------------------------------------------------------------
+
+LIMIT_RANGE_OVERRIDE = """\
+apiVersion: v1
+kind: LimitRange
+metadata:
+  name: workspace
+  namespace: {{ namespace | tojson }}
+  labels: {{ labels | tojson }}
+  annotations: {"example.com/edited-by": "the admin"}
+spec:
+  limits:
+    - type: Container
+      max: {cpu: {{ cpu_limit | tojson }}, memory: "1Gi"}
+"""
+
+
+def test_an_override_directory_replaces_one_template_and_keeps_the_others(
+    rwctl: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "limitrange.yaml.j2").write_text(LIMIT_RANGE_OVERRIDE)
+    config = kube_config.config_from_env(
+        {"RWBOT_K8S_TEMPLATES": str(tmp_path), "RWBOT_K8S_RWCTL": str(rwctl)}
+    )
+    shipped = workspace_objects(KubernetesConfig(rwctl=rwctl))
+    objects = workspace_objects(config)
+
+    limits = objects.pop("LimitRange")
+    assert limits["metadata"]["annotations"] == {"example.com/edited-by": "the admin"}
+    assert limits["spec"]["limits"] == [
+        {"type": "Container", "max": {"cpu": "2000m", "memory": "1Gi"}}
+    ]
+    del shipped["LimitRange"]
+    assert objects == shipped
+    # The clone scripts too come from the shipped directory.
+    assert (
+        objects["ConfigMap"]["data"]["clone"]
+        == (SHIPPED_TEMPLATES / "clone.sh").read_text()
+    )
+    kubernetes_validate.validate(limits, VERSIONS[-1], strict=True)
+
+
+def test_an_override_directory_may_replace_a_clone_script(
+    rwctl: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "askpass.sh").write_text("#!/bin/sh\ncat /elsewhere/token\n")
+    config = KubernetesConfig(templates=tmp_path, rwctl=rwctl)
+
+    data = workspace_objects(config)["ConfigMap"]["data"]
+
+    assert data["askpass"] == "#!/bin/sh\ncat /elsewhere/token\n"
+    assert data["clone"] == (SHIPPED_TEMPLATES / "clone.sh").read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: data}\n",
+            "pvc.yaml.j2 must render one PersistentVolumeClaim",
+        ),
+        ("- a list\n- of things\n", "pvc.yaml.j2 must render one PersistentVolume"),
+        ("kind: {{ no_such_value }}\n", "pvc.yaml.j2 is broken"),
+        ("kind: [unclosed\n", "pvc.yaml.j2 is broken"),
+    ],
+    ids=["other-kind", "not-an-object", "undefined-value", "bad-yaml"],
+)
+def test_an_override_that_renders_no_such_object_is_refused_naming_its_file(
+    rwctl: Path, tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "pvc.yaml.j2").write_text(text)
+    renderer = manifests.Renderer(
+        KubernetesConfig(templates=tmp_path, rwctl=rwctl), "prod"
+    )
+
+    with pytest.raises(ConfigError, match=message):
+        renderer.render(spec(), started_at=1700000000.0)
 
 
 # -- the chart -------------------------------------------------------------------------
@@ -463,10 +635,7 @@ def test_postgres_splits_web_and_worker_and_protects_web_with_a_budget() -> None
     assert deployments["rwbot-worker"]["spec"]["replicas"] == 2
     web = deployments["rwbot-web"]["spec"]["template"]["spec"]["containers"][0]
     worker = deployments["rwbot-worker"]["spec"]["template"]["spec"]["containers"][0]
-    assert (
-        web["command"][0] == "gunicorn" and web["command"][-1] == "bot.app:create_app()"
-    )
-    assert "--bind=0.0.0.0:8080" in web["command"]
+    assert "command" not in web and "args" not in web  # the image's own
     assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert worker["command"] == ["rwbot", "worker"]
@@ -538,6 +707,226 @@ def test_notes_give_the_webhook_url_and_oauth_redirect_uri() -> None:
     assert "https://workspaces.example.com/auth/callback" in text
     assert "WARNING" not in text
     assert "WARNING: secrets.gitlabToken is not set" in notes({})
+
+
+def image_command() -> list[str]:
+    """The Dockerfile's CMD (exec form), continuation lines joined."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("CMD ")]
+    return list(json.loads(line.removeprefix("CMD ")))
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_web_runs_the_images_own_command_tuned_through_gunicorns_variable(
+    which: str,
+) -> None:
+    values = {} if which == "default" else full_values()
+    objects = chart_objects(values)
+    web = next(
+        c for pod in pod_specs(objects) for c in pod["containers"] if c["name"] == "web"
+    )
+    env = {e["name"]: e.get("value") for e in web["env"]}
+    command = image_command()
+
+    assert "command" not in web and "args" not in web
+    assert command[0] == "gunicorn" and "--no-control-socket" in command
+    # As gunicorn reads it: the variable first, then the image's arguments.
+    parsed = (
+        gunicorn_config.Config()
+        .parser()
+        .parse_args([*shlex.split(env["GUNICORN_CMD_ARGS"] or ""), *command[1:]])
+    )
+    wanted = yaml.safe_load((CHART / "values.yaml").read_text())["web"]
+    wanted.update(values.get("web", {}))
+    assert parsed.bind == [f"0.0.0.0:{wanted['port']}"]
+    assert parsed.workers == wanted["gunicorn"]["workers"]
+    assert parsed.threads == wanted["gunicorn"]["threads"]
+    assert parsed.worker_class == "gthread"
+    assert parsed.control_socket_disable is True
+    assert parsed.args == ["bot.app:create_app()"]
+
+
+def test_templates_config_map_is_mounted_where_rwbot_k8s_templates_points() -> None:
+    objects = chart_objects(full_values())
+    data = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    default = chart_objects({})
+
+    for pod in pod_specs(objects):
+        assert {
+            "name": "workspace-templates",
+            "configMap": {"name": "rwbot-workspace-templates"},
+        } in pod["volumes"]
+        for container in pod["containers"]:
+            assert {
+                "name": "workspace-templates",
+                "mountPath": data["RWBOT_K8S_TEMPLATES"],
+                "readOnly": True,
+            } in container["volumeMounts"]
+    assert (
+        "RWBOT_K8S_TEMPLATES"
+        not in next(o for o in default if o["kind"] == "ConfigMap")["data"]
+    )
+    for pod in pod_specs(default):
+        assert "workspace-templates" not in [v["name"] for v in pod["volumes"]]
+
+
+def bot_env(values: Obj, tmp_path: Path) -> dict[str, str]:
+    """The web container's environment as the kubelet would build it: the
+    ConfigMap, literal values, Secret references resolved, and the files the
+    ``*_FILE`` variables name written under ``tmp_path`` (the chart's own
+    Secret's value, or a placeholder for an existing Secret's)."""
+    objects = chart_objects(values)
+    data = next(o for o in objects if o["kind"] == "ConfigMap")["data"]
+    secret = {
+        key: base64.b64decode(value).decode()
+        for key, value in next(o for o in objects if o["kind"] == "Secret")[
+            "data"
+        ].items()
+    }
+    web = next(
+        c for pod in pod_specs(objects) for c in pod["containers"] if c["name"] == "web"
+    )
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "templates").mkdir()
+
+    env = dict(data)
+    for item in web["env"]:
+        if "valueFrom" in item:
+            env[item["name"]] = secret[item["valueFrom"]["secretKeyRef"]["key"]]
+            continue
+        value = item["value"]
+        if value.startswith("/run/secrets/rwbot/"):
+            name = value.rsplit("/", 1)[1]
+            path = tmp_path / "secrets" / name
+            path.write_text(secret.get(name, f"from-an-existing-secret-{name}"))
+            value = str(path)
+        env[item["name"]] = value
+    if "RWBOT_K8S_TEMPLATES" in env:
+        env["RWBOT_K8S_TEMPLATES"] = str(tmp_path / "templates")
+    return env
+
+
+MINIMAL_INSTALL: Obj = {
+    "secrets": {
+        "gitlabToken": {"value": "glpat-placeholder"},
+        "webhookSecret": {"value": "a-webhook-secret"},
+    }
+}
+
+
+def test_the_charts_default_configuration_parses_as_the_runtimes_defaults(
+    tmp_path: Path,
+) -> None:
+    env = bot_env(MINIMAL_INSTALL, tmp_path)
+
+    bot = settings.from_env(env)
+    kube = kube_config.config_from_env(env)
+
+    assert bot.runtime == "kubernetes"
+    assert bot.gitlab_token == "glpat-placeholder"
+    assert bot.database_url == "sqlite:////data/rwbot.db"
+    assert bot.public_url == "https://review-workspaces.example.com"
+    assert bot.endpoints_domain == ""
+    assert kube.bot_namespace == "bots"
+    assert kube.bot_pod_labels == (
+        ("app.kubernetes.io/name", "review-workspace-bot"),
+        ("app.kubernetes.io/instance", "rwbot"),
+    )
+    # Everything else the chart sets is what the runtime assumes anyway.
+    assert (
+        dataclasses.replace(
+            kube, bot_namespace="", bot_pod_labels=KubernetesConfig().bot_pod_labels
+        )
+        == KubernetesConfig()
+    )
+
+
+def test_the_charts_full_configuration_parses_with_the_bots_own_parsers(
+    tmp_path: Path,
+) -> None:
+    env = bot_env(full_values(), tmp_path)
+
+    bot = settings.from_env(env)
+    kube = kube_config.config_from_env(env)
+
+    assert bot.runtime == "kubernetes"
+    assert bot.gitlab_token == "from-an-existing-secret-gitlab-token"
+    assert bot.webhook_signing_secret == "whsec_c2lnbmluZw=="
+    assert bot.database_url.startswith("postgresql+psycopg://")
+    assert bot.endpoints_domain == "preview.example.net"
+    assert (bot.start_drafts, bot.resync_interval) == (False, 120.0)
+    assert (bot.workspace_memory, bot.workspace_cpus) == ("4g", 2.0)
+    assert bot.projects == ("group/app", "42")
+    assert kube.namespace_prefix == "rw-"
+    assert kube.egress == "allowlist"
+    assert kube.egress_allow == ("10.20.0.0/16", "192.0.2.0/24", "2001:db8::/32")
+    assert kube.host_users is False
+    assert kube.image_pull_secrets == ("workspace-registry",)
+    assert kube.dns_namespace == "dns-system"
+    assert kube.dns_pod_labels == (
+        ("app.kubernetes.io/name", "coredns"),
+        ("tier", "dns"),
+    )
+    assert kube.dns_cidrs == ("169.254.20.10/32",)
+    assert kube.ready_timeout == 600.0
+    assert kube.templates == tmp_path / "templates"
+
+
+@pytest.mark.parametrize(
+    ("domain", "refused"),
+    [
+        ("workspaces.example.com", True),
+        ("example.com", True),
+        ("preview.example.com", False),
+        ("preview.workspaces.example.com", False),
+    ],
+)
+def test_chart_refuses_an_endpoints_domain_exactly_when_the_bot_would(
+    domain: str, refused: bool, tmp_path: Path
+) -> None:
+    values = full_values()
+    values["publicUrl"] = "https://Workspaces.Example.com:8443/"
+    values["endpoints"]["domain"] = domain
+
+    if refused:
+        with pytest.raises(
+            helm.errors.HelmRenderError,
+            match=f"endpoints.domain {domain} holds the bot's own host "
+            "workspaces.example.com",
+        ):
+            chart_objects(values)
+        values["endpoints"]["domain"] = "preview.example.net"
+        env = bot_env(values, tmp_path)
+        env["RWBOT_ENDPOINTS_DOMAIN"] = domain
+        with pytest.raises(ConfigError, match="ENDPOINTS_DOMAIN"):
+            settings.from_env(env)
+        return
+
+    assert settings.from_env(bot_env(values, tmp_path)).endpoints_domain == domain
+
+
+def test_notes_warn_when_the_ingress_has_tls_but_the_wildcard_host_has_none() -> None:
+    values = full_values()
+    values["endpoints"]["tlsSecretName"] = ""
+
+    text = notes(values)
+
+    assert (
+        "WARNING: the Ingress has TLS for workspaces.example.com but none for "
+        "*.preview.example.net" in text
+    )
+    assert "Set endpoints.tlsSecretName" in text
+
+
+def test_notes_name_no_secret_when_the_chart_makes_no_ingress() -> None:
+    values = full_values()
+    values["ingress"]["enabled"] = False
+
+    text = notes(values)
+
+    assert "certificate for *.preview.example.net,\n    wherever TLS is" in text
+    assert "preview-wildcard-tls" not in text
+    assert "WARNING" not in text
 
 
 def without_endpoints() -> Obj:
@@ -620,13 +1009,45 @@ def test_the_endpoints_domain_must_be_a_lower_case_dns_name() -> None:
             chart_objects({"endpoints": {"domain": bad}})
 
 
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"web": {"replicas": "3"}}, "web/replicas"),
+        ({"web": {"port": 80}}, "web/port"),
+        ({"worker": {"replicas": 1.5}}, "worker/replicas"),
+        ({"workspaces": {"hostUsers": "false"}}, "workspaces/hostUsers"),
+        ({"workspaces": {"egress": "everything"}}, "workspaces/egress"),
+        ({"workspaces": {"gitlabCidrs": "10.0.0.0/8"}}, "workspaces/gitlabCidrs"),
+        ({"workspaces": {"readyTimeout": "5m"}}, "workspaces/readyTimeout"),
+        ({"workspaces": {"templatesConfigMap": "My Maps"}}, "templatesConfigMap"),
+        ({"workspaces": {"dns": {"podLabels": "k8s-app"}}}, "dns/podLabels"),
+        ({"workspaces": {"dns": {"cidrs": ["10.0.0.10"]}}}, "dns/cidrs"),
+        ({"settings": {"resyncInterval": "5m"}}, "settings/resyncInterval"),
+        ({"settings": {"startDrafts": "no"}}, "settings/startDrafts"),
+        ({"ingress": {"enabled": "yes"}}, "ingress/enabled"),
+        ({"image": {"pullPolicy": "always"}}, "image/pullPolicy"),
+        ({"database": {"url": "mysql://db/rwbot"}}, "database/url"),
+        ({"extraEnv": {"PATH": "/tmp"}}, "'PATH' does not match"),
+        ({"publicUrl": "workspaces.example.com"}, "publicUrl"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_the_schema_refuses_wrong_types_and_values(values: Obj, where: str) -> None:
+    with pytest.raises(helm.errors.HelmValuesError, match=where):
+        chart_objects(values)
+
+
 # -- RBAC ------------------------------------------------------------------------------
 
 
-def exercise_every_call(double: KubeDouble, rwctl: Path, source: base.Source) -> None:
+def exercise_every_call(double: KubeDouble, rwctl: Path, gitlab: GitLabDouble) -> None:
     """A full lifecycle, including the paths that only retries and failures take."""
+    source = kube_double.mr_source(gitlab)[0]
     runtime = KubernetesRuntime(
-        kube_double.api_client(double), KubernetesConfig(rwctl=rwctl), "prod"
+        kube_double.api_client(double),
+        KubernetesConfig(rwctl=rwctl),
+        "prod",
+        clone_tokens=kube_double.clone_tokens(gitlab),
     )
     key = base.WorkspaceKey(7, 3)
     served = base.Spec(key, 2, "registry.example.com/ws:1", source)
@@ -666,7 +1087,7 @@ def chart_rules(values: Obj) -> set[tuple[str, str, str]]:
 
 def test_cluster_role_grants_exactly_what_the_runtime_uses(rwctl: Path) -> None:
     with GitLabDouble() as gitlab, KubeDouble().running() as double:
-        exercise_every_call(double, rwctl, kube_double.mr_source(gitlab)[0])
+        exercise_every_call(double, rwctl, gitlab)
 
     assert double.rbac() == chart_rules({})
     assert chart_rules(full_values()) == chart_rules({})

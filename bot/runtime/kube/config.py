@@ -67,6 +67,12 @@ class KubernetesConfig:
     bot_pod_labels: tuple[tuple[str, str], ...] = (
         ("app.kubernetes.io/name", "review-workspace-bot"),
     )
+    #: Where workspaces may send DNS queries: the cluster DNS's pods, which
+    #: CoreDNS and kube-dns label k8s-app=kube-dns in kube-system, and any
+    #: extra addresses (a NodeLocal DNSCache's 169.254.20.10/32).
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: tuple[tuple[str, str], ...] = (("k8s-app", "kube-dns"),)
+    dns_cidrs: tuple[str, ...] = ()
     cpu_request: str = "250m"
     memory_request: str = "512Mi"
     ephemeral_storage: str = "10Gi"
@@ -74,6 +80,7 @@ class KubernetesConfig:
     ready_timeout: float = 300.0
     #: Seconds a non-interactive exec may run.
     exec_timeout: float = 600.0
+    #: The admin's templates; a file missing there comes from DEFAULT_TEMPLATES.
     templates: Path = DEFAULT_TEMPLATES
     rwctl: Path = DEFAULT_RWCTL
 
@@ -174,6 +181,7 @@ def config_from_env(env: Mapping[str, str]) -> KubernetesConfig:
     for secret in pull_secrets:
         _name("IMAGE_PULL_SECRETS", secret)
     pod_labels = _list(env, "BOT_POD_LABELS")
+    dns_labels = _list(env, "DNS_POD_LABELS")
     templates = _get(env, "TEMPLATES")
     if templates is not None and not Path(templates).is_dir():
         raise SettingsError(f"{PREFIX}TEMPLATES: no such directory: {templates}")
@@ -197,6 +205,12 @@ def config_from_env(env: Mapping[str, str]) -> KubernetesConfig:
         bot_pod_labels=default.bot_pod_labels
         if pod_labels is None
         else _labels("BOT_POD_LABELS", pod_labels),
+        dns_namespace=_name("DNS_NAMESPACE", _get(env, "DNS_NAMESPACE"))
+        or default.dns_namespace,
+        dns_pod_labels=default.dns_pod_labels
+        if not dns_labels
+        else _labels("DNS_POD_LABELS", dns_labels),
+        dns_cidrs=_cidrs("DNS_CIDRS", _list(env, "DNS_CIDRS") or ()),
         cpu_request=_quantity(
             "CPU_REQUEST", _get(env, "CPU_REQUEST"), default.cpu_request
         ),

@@ -1,9 +1,12 @@
 """The objects a workspace is made of, rendered from Jinja2 templates.
 
-Templates live in ``templates/kubernetes`` (an operator may point
-``RWBOT_K8S_TEMPLATES`` at a copy). Every value put into them passes the
-``tojson`` filter, whose output is a quoted YAML scalar, so project paths and
-branch names, which come from users, cannot change the document's structure.
+Templates live in ``templates/kubernetes``. An admin may point
+``RWBOT_K8S_TEMPLATES`` at a directory of their own: a file there replaces the
+shipped one of the same name, and every other file still comes from the shipped
+directory, so an override holds only what it changes. Every value put into them
+passes the ``tojson`` filter, whose output is a quoted YAML scalar, so project
+paths and branch names, which come from users, cannot change the document's
+structure.
 No I/O happens here apart from reading the templates once.
 """
 
@@ -28,9 +31,10 @@ from bot import accounts, devfile
 from bot.devfile import quantity
 from bot.errors import ConfigError, PermanentError
 from bot.runtime import base, workspace
-from bot.runtime.kube.config import KubernetesConfig
+from bot.runtime.kube.config import DEFAULT_TEMPLATES, KubernetesConfig
 
 #: What ``rwctl`` needs to add users and drop to them; everything else is dropped.
+#: The clone step gets none: it writes only files it creates itself.
 CAPABILITIES = ("SETUID", "SETGID", "CHOWN", "FOWNER", "DAC_OVERRIDE", "KILL")
 
 DEPLOYMENT = "workspace"
@@ -279,15 +283,19 @@ class Renderer:
     def __init__(self, config: KubernetesConfig, instance: str) -> None:
         self._config = config
         self._instance = instance
+        self._dirs = _template_dirs(config.templates)
         self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(config.templates)),
+            # The admin's directory first, the shipped one for what it leaves out.
+            loader=jinja2.ChoiceLoader(
+                [jinja2.FileSystemLoader(str(d)) for d in self._dirs]
+            ),
             undefined=jinja2.StrictUndefined,
             autoescape=False,  # noqa: S701 - YAML, not HTML; values go through tojson
             keep_trailing_newline=True,
         )
         self._env.filters["tojson"] = _tojson
         self._scripts = {
-            name: _read(config.templates / filename)
+            name: _read(_first(self._dirs, filename))
             for name, filename in SCRIPTS.items()
         }
         self._rwctl = _read(config.rwctl)
@@ -344,6 +352,9 @@ class Renderer:
             "egress_allow": list(config.egress_allow),
             "deny_v4": deny_v4,
             "deny_v6": deny_v6,
+            "dns_namespace": config.dns_namespace,
+            "dns_pod_labels": dict(config.dns_pod_labels),
+            "dns_cidrs": list(config.dns_cidrs),
             "bot_namespace": config.bot_namespace,
             "bot_pod_labels": dict(config.bot_pod_labels),
             "rwctl": self._rwctl,
@@ -376,6 +387,18 @@ def _mount_values(mount: Mount) -> dict[str, object]:
         "sub_path": mount.sub_path,
         "size_limit": mount.size_limit,
     }
+
+
+def _template_dirs(override: Path) -> tuple[Path, ...]:
+    if override.resolve() == DEFAULT_TEMPLATES:
+        return (DEFAULT_TEMPLATES,)
+    return (override, DEFAULT_TEMPLATES)
+
+
+def _first(dirs: tuple[Path, ...], filename: str) -> Path:
+    """``filename`` in the first of ``dirs`` that has it (else in the last)."""
+    found = (d / filename for d in dirs if (d / filename).is_file())
+    return next(found, dirs[-1] / filename)
 
 
 def _read(path: Path) -> str:

@@ -33,6 +33,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* Values the schema cannot check; the bot would refuse them at start and the
+pods would crash-loop, so the install fails instead. */}}
+{{- define "rwbot.validate" -}}
+{{- with .Values.endpoints.domain }}
+{{- $domain := lower (trimSuffix "." .) }}
+{{- $host := lower (urlParse $.Values.publicUrl).hostname }}
+{{- if or (eq $host $domain) (hasSuffix (printf ".%s" $domain) $host) }}
+{{- fail (printf "endpoints.domain %s holds the bot's own host %s (publicUrl): endpoints serve merge requests' code, which must not share the bot's site; use a domain of its own" $domain $host) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* SQLite on a volume unless a PostgreSQL URL (or Secret holding one) is given. */}}
 {{- define "rwbot.sqlite" -}}
 {{- if and (not .Values.database.url) (not .Values.database.existingSecret) }}true{{ end }}
@@ -103,6 +115,11 @@ volumeMounts:
   - name: data
     mountPath: /data
   {{- end }}
+  {{- if .Values.workspaces.templatesConfigMap }}
+  - name: workspace-templates
+    mountPath: /etc/rwbot/templates
+    readOnly: true
+  {{- end }}
 {{- end }}
 
 {{- define "rwbot.volumes" -}}
@@ -129,21 +146,19 @@ volumes:
     persistentVolumeClaim:
       claimName: {{ include "rwbot.fullname" . }}-data
   {{- end }}
+  {{- with .Values.workspaces.templatesConfigMap }}
+  - name: workspace-templates
+    configMap:
+      name: {{ . }}
+  {{- end }}
 {{- end }}
 
 {{- define "rwbot.webContainer" -}}
 name: web
 image: {{ include "rwbot.image" . }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
-command:
-  - gunicorn
-  - --bind=0.0.0.0:{{ .Values.web.port }}
-  - --workers={{ .Values.web.gunicorn.workers }}
-  - --worker-class=gthread
-  - --threads={{ .Values.web.gunicorn.threads }}
-  - --worker-tmp-dir=/tmp
-  - --access-logfile=-
-  - bot.app:create_app()
+{{- /* The image's own command (gunicorn, no control socket: this user has no
+home); only the tunable settings change, through gunicorn's variable. */}}
 ports:
   - name: http
     containerPort: {{ .Values.web.port }}
@@ -160,6 +175,8 @@ livenessProbe:
   initialDelaySeconds: 10
   periodSeconds: 20
 {{ include "rwbot.env" . }}
+  - name: GUNICORN_CMD_ARGS
+    value: {{ printf "--bind=0.0.0.0:%v --workers=%v --threads=%v --access-logfile=-" .Values.web.port .Values.web.gunicorn.workers .Values.web.gunicorn.threads | quote }}
 {{ include "rwbot.volumeMounts" . }}
 securityContext:
   {{- include "rwbot.containerSecurityContext" . | nindent 2 }}
