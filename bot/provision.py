@@ -2,7 +2,9 @@
 
 Called on every join and every terminal connection, not only the first:
 access is re-read from GitLab each time, so someone removed from the project, or
-blocked, is refused (and their account locked) the next time they try. The
+blocked, is refused (and their account locked) the next time they try, and a
+changed role is applied before a shell starts. :func:`access` is the one
+decision behind the join page, the terminal socket and the resync's sweep. The
 in-workspace tool (``bot/workspace/rwctl.sh``) does the work inside the
 container; this module decides what to ask of it and records the outcome.
 """
@@ -80,6 +82,88 @@ def join(
     ws = workspace(store, key)
     role = check_access(settings, store, gitlab, runtime, person, ws)
 
+    name = _provision(settings, store, gitlab, runtime, person, ws, role)
+    seen(settings, store, ws, person.id)
+    audit.record(
+        store,
+        key.project_id,
+        key.mr_iid,
+        person.username,
+        "join",
+        "ok",
+        f"as {name}, {role.value}",
+    )
+    log.info(
+        "user joined",
+        extra={"workspace": key.slug(), "user": person.username, "role": role.value},
+    )
+    return Joined(key, name, role, f"{settings.workspace_root}/{ws.project_path}")
+
+
+def connect(
+    settings: Settings,
+    store: Store,
+    gitlab: Client,
+    runtime: Runtime,
+    person: Person,
+    key: WorkspaceKey,
+) -> Joined:
+    """Check access again for a terminal connection, and follow a changed role.
+
+    The account must exist already (the join link made it). When the role
+    differs from the one the account was given (the level was lowered or
+    raised, or an invite set it), the account is provisioned again with it,
+    and the in-workspace tool ends the person's running shells if their rights
+    shrank, since those still carry the write group.
+    """
+    ws = workspace(store, key)
+    role = check_access(settings, store, gitlab, runtime, person, ws)
+    with store.session() as session:
+        member = session.scalars(
+            sa.select(Member).where(
+                Member.workspace_id == ws.id,
+                Member.gitlab_user_id == person.id,
+                Member.generation == ws.generation,
+                Member.locked.is_(False),
+            )
+        ).one_or_none()
+    if member is None:
+        raise PermanentError("Open the join link first.")
+
+    name = member.linux_name
+    if member.role != role.value:
+        name = _provision(settings, store, gitlab, runtime, person, ws, role)
+        audit.record(
+            store,
+            key.project_id,
+            key.mr_iid,
+            person.username,
+            "role changed",
+            "ok",
+            f"{member.role} to {role.value}",
+        )
+        log.info(
+            "role changed",
+            extra={
+                "workspace": key.slug(),
+                "user": person.username,
+                "role": role.value,
+            },
+        )
+    return Joined(key, name, role, f"{settings.workspace_root}/{ws.project_path}")
+
+
+def _provision(
+    settings: Settings,
+    store: Store,
+    gitlab: Client,
+    runtime: Runtime,
+    person: Person,
+    ws: Workspace,
+    role: accounts.Role,
+) -> str:
+    """Create or update the person's account with ``role``; its Linux name."""
+    key = WorkspaceKey(ws.project_id, ws.mr_iid)
     keys = accounts.usable_keys(gitlab.ssh_keys(person.id, utcnow()))
     # Someone renamed on GitLab keeps the account (and uid) they already have.
     name = member_name(store, ws, person.id, locked_too=True) or accounts.linux_name(
@@ -107,21 +191,7 @@ def join(
         raise PermanentError("Setting up your account in the workspace failed.")
 
     _remember(store, ws, person, name, role)
-    seen(settings, store, ws, person.id)
-    audit.record(
-        store,
-        key.project_id,
-        key.mr_iid,
-        person.username,
-        "join",
-        "ok",
-        f"as {name}, {role.value}",
-    )
-    log.info(
-        "user joined",
-        extra={"workspace": key.slug(), "user": person.username, "role": role.value},
-    )
-    return Joined(key, name, role, f"{settings.workspace_root}/{ws.project_path}")
+    return name
 
 
 def check_access(
@@ -139,31 +209,44 @@ def check_access(
             "so it cannot be joined right now.",
             Refusal.NOT_READY,
         )
-    membership = gitlab.membership(ws.project_id, person.id)
-    if membership is None or membership.state != "active":
-        role = None
-    else:
-        role = role_for(membership.access_level, settings)
-        granted = _grant(store, ws, person.id)
+    decided = access(settings, store, gitlab, ws, person.id)
+    if isinstance(decided, Refused):
+        lock(store, runtime, ws, person.id)
+        raise decided
+    return decided
+
+
+def access(
+    settings: Settings, store: Store, gitlab: Client, ws: Workspace, user_id: int
+) -> accounts.Role | Refused:
+    """The one access decision behind joins, terminal connections and the sweep.
+
+    The effective membership (``members/all``, inherited ones included) must be
+    active; an ``invite`` then sets the role whatever the level gives (a Guest
+    may be invited), a ``revoke`` takes it away; otherwise the level decides.
+    Reads GitLab and the store, changes nothing.
+    """
+    membership = gitlab.membership(ws.project_id, user_id)
+    if membership is not None and membership.state != "active":
+        return Refused("Your GitLab account is not active.", Refusal.FORBIDDEN)
+    if membership is not None:
+        granted = _grant(store, ws, user_id)
         if granted == "none":
-            lock(store, runtime, ws, person.id)
-            raise Refused(
+            return Refused(
                 "Your access to this workspace was revoked by a maintainer of the "
                 "project or the merge request's author.",
                 Refusal.FORBIDDEN,
             )
         if granted is not None:
-            role = accounts.Role(granted)
-    if role is None:
-        lock(store, runtime, ws, person.id)
-        if membership is not None and membership.state != "active":
-            raise Refused("Your GitLab account is not active.", Refusal.FORBIDDEN)
-        raise Refused(
-            f"You need at least the Reporter role on {ws.project_path} to join its "
-            "review workspaces. Ask a maintainer of the project to add you.",
-            Refusal.FORBIDDEN,
-        )
-    return role
+            return accounts.Role(granted)
+        role = role_for(membership.access_level, settings)
+        if role is not None:
+            return role
+    return Refused(
+        f"You need at least the Reporter role on {ws.project_path} to join its "
+        "review workspaces. Ask a maintainer of the project to add you.",
+        Refusal.FORBIDDEN,
+    )
 
 
 def _grant(store: Store, ws: Workspace, user_id: int) -> str | None:

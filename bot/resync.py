@@ -5,9 +5,11 @@ backups, people lose access without telling anyone. Every ``resync_interval``
 the reconciler runs :meth:`Resync.run`, which re-reads the served projects' open
 merge requests (and the tracked ones that are no longer open) from GitLab and
 folds them into the store, removes runtime objects labelled as ours that no row
-wants (orphans), locks out members who lost access, and forgets old
-deliveries and expired endpoint tickets. It only changes the store and marks
-rows due; converging is the reconciler's job.
+wants (orphans), marks due the ready workspaces whose container is gone or
+stopped (so the reconciler repairs them), locks out members who lost access or
+whose rights shrank, and forgets old deliveries and expired endpoint tickets.
+It only changes the store and marks rows due; converging is the reconciler's
+job.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import time
 import sqlalchemy as sa
 
 from bot import audit, lifecycle, provision
-from bot.errors import PermanentError
+from bot.accounts import Role
+from bot.errors import BotError, PermanentError
 from bot.gitlab import Client, NotFound, Project
 from bot.lifecycle import Desired, Phase
-from bot.runtime.base import Runtime
+from bot.runtime.base import Listed, Runtime, WorkspaceKey
+from bot.runtime.base import Phase as RuntimePhase
 from bot.settings import Settings
 from bot.store import Delivery, Member, RedeemedTicket, Store, Workspace, utcnow
 
@@ -78,7 +82,9 @@ class Resync:
                 ws.project_id not in listed_projects
             ):
                 self._resync_one(ws)
-        self._remove_orphans()
+        objects = list(self.runtime.list_ours())
+        self._remove_orphans(objects)
+        self._repair_missing(objects)
         self._sweep_access()
         forget_old(self.store)
         log.info(
@@ -139,32 +145,54 @@ class Resync:
                     )
 
     def _sweep_access(self) -> None:
-        """Lock out members who lost access since they joined (removed from the
-        project, role lowered, blocked), without waiting for them to try again."""
+        """Act on access lost since people joined, without waiting for them to
+        try again: the same decision as a join (:func:`provision.access`, which
+        honours invites and revokes).
+
+        No role left (removed, lowered below Reporter, blocked) → locked. A
+        writer lowered to read-only → locked too: that ends their shells, which
+        still carry the write group, and takes the group away; opening the join
+        link again provisions them read-only (the sweep cannot do that itself,
+        as it lacks the commit email that only the person's own sign-in shows).
+        A raised role waits for the next join or terminal connection.
+        """
         with self.store.session() as session:
             rows = session.execute(
-                sa.select(Workspace, Member.gitlab_user_id)
+                sa.select(Workspace, Member.gitlab_user_id, Member.role)
                 .join(Member, Member.workspace_id == Workspace.id)
                 .where(Member.locked.is_(False), Workspace.phase == Phase.READY)
             ).all()
-        for ws, user_id in rows:
-            membership = self.gitlab.membership(ws.project_id, user_id)
-            role = None
-            if membership is not None and membership.state == "active":
-                role = provision.role_for(membership.access_level, self.settings)
-            if role is None:
-                provision.lock(self.store, self.runtime, ws, user_id)
-                audit.record(
-                    self.store,
-                    ws.project_id,
-                    ws.mr_iid,
-                    "bot",
-                    "access lost",
-                    "ok",
-                    f"user {user_id} locked",
+        for ws, user_id, had in rows:
+            try:
+                decided = provision.access(
+                    self.settings, self.store, self.gitlab, ws, user_id
                 )
+                if isinstance(decided, provision.Refused):
+                    detail = f"user {user_id} locked"
+                elif had == Role.WRITE.value and decided is Role.READ:
+                    detail = f"user {user_id} lowered to read, locked until they rejoin"
+                else:
+                    continue
+                provision.lock(self.store, self.runtime, ws, user_id)
+            except BotError as err:
+                # One member's GitLab answer or workspace must not stop the
+                # sweep for everyone else; the next resync tries again.
+                log.warning(
+                    "access not swept",
+                    extra={"workspace": ws.id, "user_id": user_id, "error": str(err)},
+                )
+                continue
+            audit.record(
+                self.store,
+                ws.project_id,
+                ws.mr_iid,
+                "bot",
+                "access lost",
+                "ok",
+                detail,
+            )
 
-    def _remove_orphans(self) -> None:
+    def _remove_orphans(self, listed: list[Listed]) -> None:
         with self.store.session() as session:
             wanted = {
                 (row.project_id, row.mr_iid): row.generation
@@ -174,13 +202,68 @@ class Resync:
                     ).where(Workspace.desired != Desired.GONE)
                 )
             }
-        for listed in self.runtime.list_ours():
-            generation = wanted.get((listed.key.project_id, listed.key.mr_iid))
+        for found in listed:
+            generation = wanted.get((found.key.project_id, found.key.mr_iid))
             if generation is None:
                 log.info(
-                    "removing an orphaned workspace", extra={"workspace": listed.name}
+                    "removing an orphaned workspace", extra={"workspace": found.name}
                 )
-                self.runtime.remove(listed.key)
+                self.runtime.remove(found.key)
+
+    def _repair_missing(self, objects: list[Listed]) -> None:
+        """Mark due the ready workspaces that are not running any more.
+
+        A container removed or stopped behind the bot's back sends no event;
+        once the row is due the reconciler recreates a missing one (its volume
+        may have survived) and reports a stopped one in the comment. A row
+        whose generation the listing lacks has nothing left; the others are
+        asked for their status, one call each. The accounts of a recreated
+        container are gone with the old one, so its members count as locked
+        until they open the join link again (which provisions them anew).
+        """
+        present = {(found.key, found.generation) for found in objects}
+        with self.store.session() as session:
+            ready = session.execute(
+                sa.select(
+                    Workspace.id,
+                    Workspace.project_id,
+                    Workspace.mr_iid,
+                    Workspace.generation,
+                ).where(
+                    Workspace.desired == Desired.RUNNING,
+                    Workspace.phase == Phase.READY,
+                )
+            ).all()
+        due, gone = [], []
+        for row_id, project_id, mr_iid, generation in ready:
+            key = WorkspaceKey(project_id, mr_iid)
+            phase = RuntimePhase.MISSING
+            if (key, generation) in present:
+                status = self.runtime.status(key)
+                if status.generation == generation:
+                    phase = status.phase
+            if phase == RuntimePhase.RUNNING:
+                continue
+            log.info(
+                "resync found a workspace not running",
+                extra={"workspace": key.slug(), "phase": phase.value},
+            )
+            due.append(row_id)
+            if phase == RuntimePhase.MISSING:
+                gone.append(row_id)
+        if not due:
+            return
+        with self.store.session() as session:
+            session.execute(
+                sa.update(Workspace)
+                .where(Workspace.id.in_(due))
+                .values(due_at=utcnow())
+            )
+            session.execute(
+                sa.update(Member)
+                .where(Member.workspace_id.in_(gone))
+                .values(locked=True, connected=0)
+            )
 
 
 def forget_old(store: Store) -> None:

@@ -4,7 +4,8 @@
 nothing by itself: it sends strangers to sign in, re-checks the person's access
 on GitLab, provisions their account (:mod:`bot.provision`) and serves a page
 with xterm.js. The page opens ``/w/<project>/<mr>/tty``, a WebSocket that checks
-the same things again and attaches to a shell started *for this connection* as
+the same things again (a role changed since the join is applied to the account
+first) and attaches to a shell started *for this connection* as
 the signed-in person's own account; the account comes from the server-side
 session, never from the client, so nobody can attach to someone else's shell.
 Closing the tab ends that shell.
@@ -168,15 +169,17 @@ def tty(ws: Any, project_id: int, mr_iid: int) -> None:
     settings, store, gitlab, runtime = _deps()
     key = WorkspaceKey(project_id, mr_iid)
     try:
+        # The same decision as the join page; a changed role is applied to
+        # the account before its shell starts (see provision.connect).
+        joined = provision.connect(settings, store, gitlab, runtime, person, key)
         workspace = provision.workspace(store, key)
-        provision.check_access(settings, store, gitlab, runtime, person, workspace)
-        name = provision.member_name(store, workspace, person.id)
-        if name is None:
-            raise PermanentError("Open the join link first.")
         rows, cols = _size(request.args.get("rows"), request.args.get("cols"))
         session_id = secrets.token_hex(16)
         terminal = runtime.open_terminal(
-            key, accounts.shell_argv(name, session=session_id), rows=rows, cols=cols
+            key,
+            accounts.shell_argv(joined.linux_name, session=session_id),
+            rows=rows,
+            cols=cols,
         )
     except BotError as err:
         reason = getattr(err, "reason", "the terminal could not be opened")
