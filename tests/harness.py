@@ -63,7 +63,7 @@ class Stack:
         self._server = make_server("127.0.0.1", 0, self._dispatch, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         client_id, client_secret = self.gitlab.register_oauth_app(
-            f"{self.url}/auth/callback"
+            f"{self.url}/auth/callback", pkce_required=True
         )
         database_url = extra.pop("database_url", f"sqlite:///{tmp_path}/bot.db")
         self.settings = bot_settings(

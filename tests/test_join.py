@@ -4,8 +4,9 @@ Cases: a reviewer follows the join link from the MR comment, signs in at the
 GitLab double and lands in a terminal where ``whoami`` is their own username
 and git knows their name and email; a Reporter cannot write the checkout while a
 Developer can; user A cannot read user B's home; a non-member sees the refusal
-page; joining twice reuses the account; a user removed from the project is
-refused on the next join; the comment lists who joined with which role.
+page; joining twice reuses the account (and a plain username such as ``dana``
+is ``whoami`` exactly); a user removed from the project is refused on the next
+join; the comment lists who joined with which role.
 """
 
 import re
@@ -51,7 +52,8 @@ def open_terminal(chromium, stack, mr, user):
 
 
 def wait_connected(page):
-    page.wait_for_selector("#status:has-text('connected')", timeout=30_000)
+    # text-is matches the whole text: "disconnected: ..." is not "connected".
+    page.wait_for_selector("#status:text-is('connected')", timeout=30_000)
 
 
 def test_a_reviewer_lands_in_a_terminal_as_themselves(chromium, stack, workspace):
@@ -134,6 +136,8 @@ def test_joining_twice_reuses_the_account(chromium, stack, workspace):
 
     page = open_terminal(chromium, stack, mr, dana)
     wait_connected(page)
+    # A plain GitLab username is the Linux name as it is.
+    assert browser.run(page, "whoami") == "dana"
     browser.run(page, "echo kept > ~/file")
     page.close()
     page = open_terminal(chromium, stack, mr, dana)

@@ -497,8 +497,13 @@ class GitLabDouble:
         redirect_uri: str | Iterable[str],
         scopes: Iterable[str] = ("openid", "read_user"),
         confidential: bool = True,
+        pkce_required: bool = False,
     ) -> tuple[str, str]:
-        """Register an application; returns ``(client_id, client_secret)``."""
+        """Register an application; returns ``(client_id, client_secret)``.
+
+        ``pkce_required`` makes the double refuse sign-ins without an S256
+        ``code_challenge``, so a test proves the client really sends one.
+        """
         uris = [redirect_uri] if isinstance(redirect_uri, str) else list(redirect_uri)
         app = OAuthApp(
             client_id=secrets.token_hex(32),
@@ -506,6 +511,7 @@ class GitLabDouble:
             redirect_uris=uris,
             scopes=list(scopes),
             confidential=confidential,
+            pkce_required=pkce_required,
         )
         with self.store.lock:
             self.store.apps[app.client_id] = app

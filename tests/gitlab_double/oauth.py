@@ -5,6 +5,11 @@ Authorization code flow with PKCE, refresh tokens, ``/oauth/userinfo``,
 answers follow Doorkeeper, which GitLab is built on: ``invalid_client`` is a
 401, a bad, reused or mismatched code is ``400 invalid_grant``.
 
+An application registered with ``pkce_required`` must send an S256
+``code_challenge`` (RFC 7636 4.4.1: ``invalid_request`` otherwise) and the
+matching ``code_verifier``; any application that sent a challenge must send
+its verifier (RFC 7636 4.6).
+
 Known differences from GitLab, on purpose:
 
 - apps count as trusted, so there is no consent screen; "signed in at GitLab"
@@ -20,6 +25,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 from html import escape
@@ -78,8 +84,14 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+#: RFC 7636 4.1 / 4.2: a verifier is 43-128 unreserved characters; an S256
+#: challenge is the unpadded base64url SHA-256 of it, 43 characters.
+PKCE_VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+PKCE_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
 def pkce_matches(verifier: str | None, challenge: str, method: str) -> bool:
-    if not verifier:
+    if not verifier or not PKCE_VERIFIER.fullmatch(verifier) or not challenge:
         return False
     if method == "S256":
         expected = b64url(hashlib.sha256(verifier.encode()).digest())
@@ -208,6 +220,17 @@ def authorize() -> Response | tuple[str, int]:
             return authorize_redirect(
                 redirect_uri, error="invalid_request", state=state
             )
+        if app.pkce_required and not (
+            method == "S256" and challenge and PKCE_CHALLENGE.fullmatch(challenge)
+        ):
+            # RFC 7636 4.4.1: a server that requires PKCE answers
+            # invalid_request; an S256 challenge is 43 base64url characters.
+            return authorize_redirect(
+                redirect_uri,
+                error="invalid_request",
+                error_description="Code challenge is required.",
+                state=state,
+            )
 
         grant = OAuthGrant(
             code=secrets.token_hex(32),
@@ -284,8 +307,10 @@ def exchange_code(data: Store, app: OAuthApp, form: Any) -> Response:
         return invalid_grant()
     if form.get("redirect_uri") != grant.redirect_uri:
         return invalid_grant()
-    if grant.challenge and not pkce_matches(
-        form.get("code_verifier"), grant.challenge, grant.challenge_method or "plain"
+    if (grant.challenge or app.pkce_required) and not pkce_matches(
+        form.get("code_verifier"),
+        grant.challenge or "",
+        grant.challenge_method or "plain",
     ):
         return invalid_grant()
 

@@ -179,6 +179,8 @@ class OAuthApp:
     redirect_uris: list[str]
     scopes: list[str]
     confidential: bool
+    #: Refuse an authorization request without an S256 ``code_challenge``.
+    pkce_required: bool = False
 
 
 @dataclass
