@@ -7,9 +7,9 @@ Every case drives the double with the real client the bot uses, over loopback:
   the author-only edit rule, discussions, award emoji, ``members/all`` incl. the
   404 for non-members, hooks with a write-only token, users' SSH keys,
   environments and deployments (a ref or sha missing from the project's
-  repository refused with 400, as for a fork's branch); 401 without a valid
-  token, GitLab's 400/404 error bodies, OAuth tokens acting as their user with
-  scope checks.
+  repository refused with 400, as for a fork's branch; names outside GitLab's
+  environment_name_regex too); 401 without a valid token, GitLab's 400/404
+  error bodies, OAuth tokens acting as their user with scope checks.
 - Git smart HTTP with the ``git`` CLI: clone and fetch of
   ``refs/merge-requests/<iid>/head`` (also for a fork MR) with a token, 401
   with a Basic challenge without one, a push moving the MR head.
@@ -458,6 +458,19 @@ def test_a_deployment_must_name_a_ref_and_commit_of_the_project(
     assert no_sha.value.response_code == 400
     assert "The commit does not exist" in str(no_sha.value.error_message)
     assert made.ref == mr_ref and made.sha == opened["sha"]
+
+
+@pytest.mark.parametrize("name", ["/review", "review/", "review:1", "r" * 256])
+def test_an_environment_name_gitlab_refuses_is_a_400(
+    gl: gitlab.Gitlab, project: dict[str, Any], name: str
+) -> None:
+    remote = gl.projects.get(project["id"], lazy=True)
+
+    with pytest.raises(gitlab.GitlabCreateError) as refused:
+        remote.environments.create({"name": name})
+
+    assert refused.value.response_code == 400
+    assert "cannot start or end with '/'" in str(refused.value.error_message)
 
 
 def test_unknown_routes_and_bad_parameters_answer_like_gitlab(
