@@ -848,3 +848,5 @@ def test_blobs_reads_git_ls_tree_keeping_regular_files_only(tmp_path: Path) -> N
 
     assert sorted(found) == [".devfile.yaml", ".devfile/dev.yaml"]
     assert all(len(blob) == 40 for blob in found.values())
+    # stderr mixed in by the runtime's exec does not hide the first entry.
+    assert change.blobs("warning: x\n" + listed) == found

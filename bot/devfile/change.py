@@ -29,7 +29,8 @@ def blobs(ls_tree_z: str) -> dict[str, str]:
     result = {}
     for entry in ls_tree_z.split("\0"):
         meta, tab, path = entry.partition("\t")
-        fields = meta.split(" ")
+        # A runtime's exec may mix stderr in ahead of the first entry.
+        fields = meta.rsplit("\n", 1)[-1].split(" ")
         if not tab or len(fields) != 3:
             continue
         mode, kind, blob = fields
