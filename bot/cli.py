@@ -23,6 +23,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from bot import logs
 from bot import settings as settings_mod
 from bot.errors import BotError, ConfigError
@@ -86,6 +88,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rwbot: {err}", file=sys.stderr)
         return 2
+    except DBAPIError as err:
+        # Raised on the first connection (migrations at start): the server
+        # is down or the file cannot be opened. The driver's first line says
+        # which; it never holds the password.
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else "unusable"
+        print(
+            f"rwbot: database unavailable (RWBOT_DATABASE_URL): {reason}",
+            file=sys.stderr,
+        )
+        return 1
     except BotError as err:
         print(f"rwbot: {err}", file=sys.stderr)
         return 1

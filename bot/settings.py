@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from sqlalchemy.exc import ArgumentError
+
 from bot.errors import ConfigError
 
 PREFIX = "RWBOT_"
@@ -185,6 +187,32 @@ def _choice(
     return value
 
 
+#: SQLAlchemy drivers the bot is built and tested with.
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
+def _database_url(value: str | None) -> str:
+    """An SQLAlchemy URL with a supported driver; the message never repeats
+    the value, which may hold a password."""
+    if not value:
+        return "sqlite:///rwbot.db"
+    from sqlalchemy.engine import make_url
+
+    supported = "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise SettingsError(
+            f"{PREFIX}DATABASE_URL: not a database URL; expected {supported}"
+        ) from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise SettingsError(
+            f"{PREFIX}DATABASE_URL: driver {url.drivername} is not supported;"
+            f" expected {supported}"
+        )
+    return value
+
+
 _INSTANCE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _MEMORY = re.compile(r"^[0-9]+[kmg]?$")
 
@@ -213,7 +241,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         gitlab_token=_required(env, "GITLAB_TOKEN"),
         webhook_secret=_required(env, "WEBHOOK_SECRET"),
         public_url=_url("PUBLIC_URL", _required(env, "PUBLIC_URL")),
-        database_url=env.get(PREFIX + "DATABASE_URL") or "sqlite:///rwbot.db",
+        database_url=_database_url(env.get(PREFIX + "DATABASE_URL")),
         runtime=_choice(
             "RUNTIME", env.get(PREFIX + "RUNTIME"), "docker", ("docker", "kubernetes")
         ),

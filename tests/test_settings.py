@@ -1,8 +1,10 @@
 """Settings: required variables, validation with one clear line, _FILE secrets.
 
-Cases also: RWBOT_ENVIRONMENT_NAME is checked on the names it makes
-(placeholders other than ``{iid}``, a name shared by every MR, names GitLab
-refuses); RWBOT_DEVFILE_* caps and image patterns.
+Cases also: the database URL is parsed as SQLAlchemy would and must name a
+supported driver (SQLite or PostgreSQL through psycopg), without the refusal
+repeating a password it may hold. RWBOT_ENVIRONMENT_NAME is checked on the
+names it makes (placeholders other than ``{iid}``, a name shared by every MR,
+names GitLab refuses); RWBOT_DEVFILE_* caps and image patterns.
 """
 
 import pytest
@@ -70,6 +72,37 @@ def test_secrets_do_not_appear_in_repr():
     s = settings.from_env(BASE)
     assert "glpat-secret" not in repr(s)
     assert "hook-secret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///rwbot.db",
+        "sqlite:////data/rwbot.db",
+        "postgresql+psycopg://rwbot:pw@db.example.com:5432/rwbot",
+    ],
+)
+def test_supported_database_urls_are_taken_as_given(url):
+    assert settings.from_env({**BASE, "RWBOT_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("nonsense", "not a database URL"),
+        ("postgresql+psycopg://rwbot:hunter2@db:notaport/rwbot", "not a database URL"),
+        ("mysql://rwbot:hunter2@db/rwbot", "driver mysql is not supported"),
+        ("postgresql://rwbot:hunter2@db/rwbot", "driver postgresql is not"),
+    ],
+)
+def test_a_bad_database_url_is_refused_in_one_line_naming_the_variable(url, reason):
+    with pytest.raises(SettingsError) as refused:
+        settings.from_env({**BASE, "RWBOT_DATABASE_URL": url})
+
+    message = str(refused.value)
+    assert message.startswith("RWBOT_DATABASE_URL: ")
+    assert reason in message and "postgresql+psycopg" in message
+    assert "\n" not in message and "hunter2" not in message
 
 
 # Environment name and devfile caps ---------------------------------------------
