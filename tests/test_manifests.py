@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import inspect
 import json
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "review-workspace-bot"
 FULL_VALUES = ROOT / "tests" / "helm" / "full-values.yaml"
 SHIPPED_TEMPLATES = ROOT / "templates" / "kubernetes"
+README = ROOT / "README.md"
 DOCKERFILE = ROOT / "Dockerfile"
 VERSIONS = [f"{minor}.0" for minor in SUPPORTED_KUBERNETES]
 HELM_INFO = 1  # helm lint severities: 1 info, 2 warning, 3 error
@@ -549,16 +552,14 @@ def test_an_override_directory_may_replace_a_clone_script(
     ],
     ids=["other-kind", "not-an-object", "undefined-value", "bad-yaml"],
 )
-def test_an_override_that_renders_no_such_object_is_refused_naming_its_file(
+def test_an_override_that_renders_no_such_object_stops_the_bot_at_start(
     rwctl: Path, tmp_path: Path, text: str, message: str
 ) -> None:
     (tmp_path / "pvc.yaml.j2").write_text(text)
-    renderer = manifests.Renderer(
-        KubernetesConfig(templates=tmp_path, rwctl=rwctl), "prod"
-    )
 
+    # The runtime builds its renderer at start-up: the error names the file.
     with pytest.raises(ConfigError, match=message):
-        renderer.render(spec(), started_at=1700000000.0)
+        manifests.Renderer(KubernetesConfig(templates=tmp_path, rwctl=rwctl), "prod")
 
 
 # -- the chart -------------------------------------------------------------------------
@@ -1035,6 +1036,41 @@ def test_the_endpoints_domain_must_be_a_lower_case_dns_name() -> None:
 def test_the_schema_refuses_wrong_types_and_values(values: Obj, where: str) -> None:
     with pytest.raises(helm.errors.HelmValuesError, match=where):
         chart_objects(values)
+
+
+def readme_block(heading: str, lang: str) -> str:
+    """The first ``lang`` code block after ``heading`` in the README."""
+    text = README.read_text()
+    start = text.index(f"```{lang}\n", text.index(heading)) + len(lang) + 4
+    return text[start : text.index("```", start)]
+
+
+def test_the_readmes_helm_values_render_and_validate() -> None:
+    values = yaml.safe_load(readme_block("### Install on Kubernetes with Helm", "yaml"))
+
+    objects = chart_objects(values)
+
+    for version in VERSIONS:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)
+    deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+    # The database comes from the Secret: web and worker scale apart.
+    assert deployments == {
+        "rwbot-review-workspace-bot-web",
+        "rwbot-review-workspace-bot-worker",
+    }
+    assert "WARNING" not in notes(values)
+
+
+def test_the_readme_documents_every_rwbot_k8s_variable() -> None:
+    read = set(re.findall(r'\(env, "([A-Z_]+)"\)', inspect.getsource(kube_config)))
+    documented = set()
+    for line in README.read_text().splitlines():
+        if line.startswith("| `RWBOT_K8S_"):
+            for name in re.findall(r"`(RWBOT_K8S_|_)([A-Z_]+)`", line.split("|")[1]):
+                documented.add(name[1])
+
+    assert documented == read
 
 
 # -- RBAC ------------------------------------------------------------------------------

@@ -277,6 +277,20 @@ def _tojson(value: object) -> str:
     return json.dumps(value, ensure_ascii=True)
 
 
+#: A workspace rendered once at start to try an admin's templates out.
+_PROBE = base.Spec(
+    base.WorkspaceKey(1, 1),
+    1,
+    "registry.invalid/workspace:probe",
+    base.Source(
+        "https://gitlab.invalid/group/app.git",
+        "refs/merge-requests/1/head",
+        "0" * 40,
+        "group/app",
+    ),
+)
+
+
 class Renderer:
     """Renders a workspace's objects; templates and scripts are read once."""
 
@@ -299,6 +313,10 @@ class Renderer:
             for name, filename in SCRIPTS.items()
         }
         self._rwctl = _read(config.rwctl)
+        if len(self._dirs) > 1:
+            # An admin's template that renders the wrong thing stops the bot at
+            # start, naming its file, not every workspace later.
+            self.render(_PROBE, started_at=0.0)
 
     def namespace(self, key: base.WorkspaceKey) -> str:
         return namespace_name(self._config.namespace_prefix, self._instance, key)
