@@ -4,7 +4,8 @@ Cases: ``rwbot migrate`` and ``gunicorn "bot.app:create_app()"`` with a bad or
 missing variable print one line naming it and exit non-zero, without a
 traceback (and gunicorn stops instead of starting workers again); the web app
 starts while GitLab is down, reports it on ``/readyz``, records merge request
-events and asks GitLab to resend comment events until it knows its own user.
+events and refuses comment events (503) until it has learnt its own user,
+which it does once GitLab is back.
 
 Then one installation on PostgreSQL: gunicorn serving the web app (two
 workers) and two ``rwbot worker`` processes, all logging at DEBUG. A burst of
@@ -124,30 +125,46 @@ def test_gunicorn_with_a_bad_variable_stops_with_one_line_naming_it(name, env):
     assert "Worker failed to boot" in output
 
 
-def test_the_web_app_starts_while_gitlab_is_down(docker_host, tmp_path):
+def test_the_web_app_starts_while_gitlab_is_down_and_learns_its_user_later(
+    docker_host, tmp_path
+):
+    gitlab = GitLabDouble().start()
+    gitlab.set_unreachable()
     port = services.free_port()
+    url = f"http://127.0.0.1:{port}"
     env = {
         **CONFIG,
-        "RWBOT_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "RWBOT_GITLAB_URL": gitlab.url,
+        "RWBOT_GITLAB_TOKEN": gitlab.token,
+        "RWBOT_PUBLIC_URL": url,
         "RWBOT_DATABASE_URL": f"sqlite:///{tmp_path}/bot.db",
         "DOCKER_HOST": docker_host,
     }
     assert _run([sys.executable, "-m", "bot.cli", "migrate"], env).returncode == 0
     web = _Process("web", _gunicorn(port), env, tmp_path)
-    url = f"http://127.0.0.1:{port}"
     try:
         services.wait_for(lambda: web.answers(f"{url}/healthz"), what="web app")
         ready = requests.get(f"{url}/readyz", timeout=5)
-        assert ready.status_code == 503 and "gitlab" in ready.text.lower()
-
         mr_event = _post_hook(url, "Merge Request Hook", "mr_open.json", env)
         note_event = _post_hook(url, "Note Hook", "note_mr_create.json", env)
+
+        gitlab.set_unreachable(False)
+        services.wait_for(
+            lambda: _post_hook(url, "Note Hook", "note_mr_create.json", env).ok,
+            timeout=30,
+            what="comment events accepted once GitLab is back",
+        )
+        ready_again = requests.get(f"{url}/readyz", timeout=5)
     finally:
         web.stop()
+        gitlab.stop()
 
+    assert ready.status_code == 503 and "gitlab" in ready.json()["problems"]
     assert mr_event.status_code == 200
-    # The bot cannot yet tell its own comments from people's: GitLab resends.
+    # It cannot yet tell its own comments from people's: GitLab must resend.
     assert note_event.status_code == 503
+    assert ready_again.status_code == 200
+    assert "bot user learnt" in web.log()
     assert "Traceback" not in web.log()
 
 
