@@ -551,7 +551,7 @@ class GitLabDouble:
 
     def inject_faults(
         self,
-        status: int = 503,
+        status: int | tuple[int, ...] = 503,
         *,
         rate: float | None = None,
         every: int | None = None,
@@ -564,11 +564,12 @@ class GitLabDouble:
 
         Give ``every=N`` (fail the 1st of every N) or ``rate`` (seeded random);
         ``times`` caps the number of failures, after which requests succeed.
+        Several statuses take turns; ``retry_after`` goes with 429 and 503.
         """
         if (rate is None) == (every is None):
             raise ValueError("give exactly one of rate= or every=")
         fault = Fault(
-            status=status,
+            statuses=status if isinstance(status, tuple) else (status,),
             paths=re.compile(paths),
             rate=rate,
             every=every,

@@ -7,6 +7,11 @@ refresh tokens) are replaced by ``"[REDACTED]"``.
 
 Faults are deterministic: ``every=N`` fails the 1st, (N+1)th, (2N+1)th matching
 request; ``rate`` draws from a ``random.Random`` seeded at injection time.
+Several statuses take turns, one per failure. ``Retry-After`` goes with 429 and
+503 answers, the two that RFC 6585 and RFC 9110 give it to.
+
+Each request's arrival is kept as ``at`` (``time.monotonic()``), so a test can
+tell how long a client waited before asking again.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class RecordedRequest:
     status: int
     user: str | None
     faulted: bool = False
+    #: ``time.monotonic()`` when the request arrived.
+    at: float = 0.0
+    #: The Retry-After seconds a faulted answer carried, if any.
+    retry_after: float | None = None
 
 
 def redact(value: Any) -> Any:
@@ -63,7 +72,7 @@ def redact(value: Any) -> Any:
 
 @dataclass
 class Fault:
-    status: int
+    statuses: tuple[int, ...]
     paths: re.Pattern[str]
     rate: float | None
     every: int | None
@@ -86,6 +95,11 @@ class Fault:
         self.fired += hit
         return hit
 
+    @property
+    def status(self) -> int:
+        """The status of the latest failure: the statuses take turns."""
+        return self.statuses[(self.fired - 1) % len(self.statuses)]
+
 
 @dataclass
 class Recorder:
@@ -97,17 +111,20 @@ class Recorder:
 
     def check_fault(self) -> Response | None:
         """A ``before_request`` hook: answer with the injected failure, if due."""
+        request.environ["gitlab_double.at"] = time.monotonic()
         with self.lock:
             fault = self.fault
             if fault is None or not fault.fires(request.path):
                 return None
+            status = fault.status
         request.environ["gitlab_double.faulted"] = True
-        response = jsonify({"message": REASONS.get(fault.status, str(fault.status))})
-        response.status_code = fault.status
-        if fault.retry_after is not None:
-            seconds = fault.retry_after
-            response.headers["Retry-After"] = str(int(seconds) if seconds >= 1 else 0)
-        if fault.status == 429:
+        response = jsonify({"message": REASONS.get(status, str(status))})
+        response.status_code = status
+        if fault.retry_after is not None and status in (429, 503):
+            seconds = int(fault.retry_after) if fault.retry_after >= 1 else 0
+            response.headers["Retry-After"] = str(seconds)
+            request.environ["gitlab_double.retry_after"] = float(seconds)
+        if status == 429:
             # docs.gitlab.com/administration/settings/user_and_ip_rate_limits
             reset = int(time.time() + (fault.retry_after or 60))
             response.headers.update(
@@ -134,6 +151,8 @@ class Recorder:
             status=response.status_code,
             user=request.environ.get("gitlab_double.user"),
             faulted=bool(request.environ.get("gitlab_double.faulted")),
+            at=request.environ.get("gitlab_double.at", time.monotonic()),
+            retry_after=request.environ.get("gitlab_double.retry_after"),
         )
         with self.lock:
             self.requests.append(entry)
