@@ -2,8 +2,9 @@
 
 Reviewers steer a workspace by commenting ``/workspace stop`` and the like. This
 is the pure part: :func:`parse` turns a comment body into :class:`Command` values;
-:func:`authorize` and :func:`may_grant` decide whether the commenter may run them.
-Nothing here talks to GitLab: the caller supplies the commenter's access level.
+:func:`authorize`, :func:`may_grant` and :func:`may_revoke` decide whether the
+commenter may run them. Nothing here talks to GitLab: the caller supplies the
+commenter's access level.
 
 What counts as a command, and why:
 
@@ -378,6 +379,42 @@ def may_grant(
         False,
         f"Granting {role} access needs {_needs(needed)} on this project, "
         f"as nobody may grant more than they have; {_you_have(commenter_level)}.",
+    )
+
+
+def may_revoke(
+    target: str,
+    target_level: int | None,
+    target_role: str | None,
+    commenter_level: int | None,
+    read_level: int = REPORTER,
+    write_level: int = DEVELOPER,
+) -> Decision:
+    """May the commenter take ``target``'s access away? Only access they could
+    have granted (``target_role``: what the target's level or an invite gives),
+    and only from someone whose role is not above their own, so an author who
+    is a Reporter, or not a member at all, cannot lock out a Maintainer."""
+    if target_level is not None and (
+        commenter_level is None or target_level > commenter_level
+    ):
+        return Decision(
+            False,
+            f"{_code(target)} has {_role(target_level)}; revoking their access "
+            f"needs at least that role on this project, as nobody may take more "
+            f"than they could give; {_you_have(commenter_level)}.",
+        )
+    if target_role is None:
+        return Decision(True)
+
+    grant = may_grant(target_role, commenter_level, read_level, write_level)
+    if grant.allowed:
+        return Decision(True)
+    needed = read_level if target_role == ROLES[0] else write_level
+    return Decision(
+        False,
+        f"{_code(target)} has {target_role} access; revoking it needs "
+        f"{_needs(needed)} on this project, as nobody may take more than they "
+        f"could give; {_you_have(commenter_level)}.",
     )
 
 

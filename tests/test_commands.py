@@ -12,6 +12,7 @@ Cases covered:
 - unknown verbs, malformed durations, usernames and roles, each with a reason;
 - permissions for every verb at Guest, Reporter, Developer, Maintainer, as the
   author and as a non-member; invites beyond the commenter's own level;
+- revokes of someone above the commenter, or of access they could not grant;
 - ``parse_permissions`` accepting overrides and naming the bad entry;
 - ``help_text`` listing every command;
 - properties (Hypothesis): arbitrary text never raises and every command's
@@ -445,6 +446,41 @@ def test_grant_levels_follow_the_configured_ones():
     assert not commands.may_grant("read", REPORTER, read_level=DEVELOPER).allowed
     assert commands.may_grant("write", DEVELOPER, write_level=DEVELOPER).allowed
     assert not commands.may_grant("admin", MAINTAINER).allowed
+
+
+@pytest.mark.parametrize(
+    ("target_level", "target_role", "commenter_level", "allowed"),
+    [
+        (MAINTAINER, "write", REPORTER, False),  # a Reporter author, a Maintainer
+        (MAINTAINER, "write", None, False),  # a non-member fork author
+        (MAINTAINER, "write", DEVELOPER, False),  # above the commenter's own role
+        (MAINTAINER, "write", MAINTAINER, True),
+        (DEVELOPER, "write", DEVELOPER, True),
+        (REPORTER, "write", REPORTER, False),  # invited to write: more than theirs
+        (REPORTER, "read", REPORTER, True),
+        (GUEST, None, REPORTER, True),  # nothing to take beyond a Guest's level
+        (GUEST, None, None, False),
+        (None, None, None, True),  # not a member: nothing to take
+    ],
+)
+def test_revoke_never_takes_more_than_the_commenter_could_give(
+    target_level, target_role, commenter_level, allowed
+):
+    decision = commands.may_revoke("@mia", target_level, target_role, commenter_level)
+    assert decision.allowed is allowed
+    assert bool(decision.reason) is not allowed
+
+
+def test_revoke_refusal_names_the_role_and_the_commenters_own():
+    assert commands.may_revoke("@mia", MAINTAINER, "write", REPORTER).reason == (
+        "`@mia` has Maintainer; revoking their access needs at least that role "
+        "on this project, as nobody may take more than they could give; "
+        "you have Reporter."
+    )
+    assert commands.may_revoke("@rita", REPORTER, "write", REPORTER).reason == (
+        "`@rita` has write access; revoking it needs the Developer role on this "
+        "project, as nobody may take more than they could give; you have Reporter."
+    )
 
 
 def test_parse_permissions_overrides_the_defaults():
