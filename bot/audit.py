@@ -15,6 +15,9 @@ from sqlalchemy import orm
 
 from bot.store import AuditEntry, Store, utcnow
 
+#: The actor of what the bot does by itself: idle stop, expiry, start, removal.
+BOT = "bot"
+
 
 @dataclass(frozen=True)
 class Entry:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bot import accounts, audit, commands, comments, lifecycle
+from bot import accounts, audit, commands, comments, lifecycle, provision
 from bot.commands import Command, Verb
-from bot.errors import PermanentError
-from bot.gitlab import Client
+from bot.errors import PermanentError, TemporaryError
+from bot.gitlab import Client, Membership
 from bot.lifecycle import Desired, Phase
-from bot.runtime.base import Runtime, WorkspaceKey
+from bot.runtime.base import ExecResult, Runtime, WorkspaceKey
 from bot.settings import Settings
 from bot.store import CommandNote, Grant, Member, Store, Workspace, utcnow
 
@@ -129,10 +129,7 @@ class Control:
         self, ws: Workspace, note: CommandNote, command: Command
     ) -> Answer | None:
         """An answer that refuses the command, or None if it may run."""
-        membership = self.gitlab.membership(ws.project_id, note.author_id)
-        level = None
-        if membership is not None and membership.state == "active":
-            level = membership.access_level
+        level = _active_level(self.gitlab.membership(ws.project_id, note.author_id))
         decision = commands.authorize(
             command,
             access_level=level,
@@ -243,25 +240,42 @@ class Control:
         ws.generation += 1
         ws.running_sha = None
         ws.phase, ws.reason = Phase.PENDING, ""
-        ws.stop_at = ws.expires_at = None
+        ws.stop_at = ws.expires_at = ws.started_at = None
         _want(ws, Desired.RUNNING)
 
     def _extend(self, ws: Workspace, command: Command) -> Answer:
         assert command.duration is not None
         now = utcnow()
-        if ws.expires_at is None or ws.stop_at is None:
+        if ws.phase != Phase.READY or ws.expires_at is None or ws.stop_at is None:
             return Answer(
                 REFUSED, "The workspace is not running, so there is nothing to extend."
             )
-        started = ws.expires_at - dt.timedelta(seconds=self.settings.max_lifetime)
+
+        # The cap counts from when the lifetime began, which an extend never
+        # moves. Rows from before ``started_at`` existed reckon it from expiry.
+        started = ws.started_at or ws.expires_at - dt.timedelta(
+            seconds=self.settings.max_lifetime
+        )
         cap = started + dt.timedelta(seconds=self.settings.max_extended_lifetime)
-        ws.expires_at = min(cap, ws.expires_at + command.duration)
-        ws.stop_at = min(ws.expires_at, max(ws.stop_at, now) + command.duration)
+        latest = f"the latest allowed ({_span(self.settings.max_extended_lifetime)} "
+        latest += "after it started)"
+        wanted = ws.expires_at + command.duration
+        expires_at = max(ws.expires_at, min(cap, wanted))
+        stop_at = min(expires_at, max(ws.stop_at, now) + command.duration)
+        if expires_at <= ws.expires_at and stop_at <= ws.stop_at:
+            return Answer(
+                REFUSED,
+                f"The workspace already expires at {_when(ws.expires_at)}, "
+                f"{latest}, so it cannot be extended further.",
+            )
+
+        moved = "stays at" if expires_at == ws.expires_at else "moved to"
+        capped = f", {latest}" if wanted > expires_at else ""
+        ws.expires_at, ws.stop_at = expires_at, stop_at
         _touch(ws)
-        capped = " (the most it may be extended)" if ws.expires_at == cap else ""
         return Answer(
             OK,
-            f"Idle stop moved to {_when(ws.stop_at)}; expiry moved to "
+            f"Idle stop moved to {_when(ws.stop_at)}; expiry {moved} "
             f"{_when(ws.expires_at)}{capped}.",
         )
 
@@ -300,30 +314,145 @@ class Control:
         self, session: orm.Session, ws: Workspace, note: CommandNote, command: Command
     ) -> Answer:
         assert command.target is not None
+        target = f"@{command.target}"
         user_id = self.gitlab.user_id(command.target)
         if user_id is None:
-            return Answer(REFUSED, f"There is no user @{command.target}.")
+            return Answer(REFUSED, f"There is no user {target}.")
+        refusal = self._may_revoke(session, ws, note, user_id, target)
+        if refusal is not None:
+            return refusal
+
         _set_grant(session, ws, user_id, command.target, "none", note.author_username)
-        name = session.scalar(
-            sa.select(Member.linux_name).where(
-                Member.workspace_id == ws.id, Member.gitlab_user_id == user_id
-            )
-        )
-        if name is not None and ws.phase == Phase.READY:
-            self.runtime.exec(
-                WorkspaceKey(ws.project_id, ws.mr_iid), accounts.lock_argv(name)
-            )
-            session.execute(
-                sa.update(Member)
-                .where(Member.workspace_id == ws.id, Member.gitlab_user_id == user_id)
-                .values(locked=True, connected=0)
-            )
         _comment_due(ws)
+        member = session.scalars(
+            sa.select(Member).where(
+                Member.workspace_id == ws.id,
+                Member.gitlab_user_id == user_id,
+                Member.generation == ws.generation,
+            )
+        ).one_or_none()
+        gone = f"{target} can no longer join"
+        if member is None:
+            return Answer(OK, f"{gone}; they had not joined, so no session was ended.")
+        if member.locked:
+            return Answer(OK, f"{gone}; their account was already locked.")
+        if ws.phase != Phase.READY:
+            # The Grant row refuses them at every join; the reconciler locks
+            # the account once the workspace runs again (lock_revoked).
+            return Answer(
+                OK,
+                f"{gone}. The workspace is not running, so nobody is connected; "
+                "their account will be locked when it next starts.",
+            )
+        if not self._lock(ws, member.linux_name):
+            return Answer(
+                FAILED,
+                f"{gone}, but locking their account in the workspace failed, so "
+                "a session they have open may go on; the bot keeps trying.",
+            )
+        member.locked, member.connected = True, 0
         return Answer(
-            OK,
-            f"@{command.target} can no longer join; their sessions "
-            "were ended and their account locked.",
+            OK, f"{gone}; their sessions were ended and their account locked."
         )
+
+    def _may_revoke(
+        self,
+        session: orm.Session,
+        ws: Workspace,
+        note: CommandNote,
+        user_id: int,
+        target: str,
+    ) -> Answer | None:
+        """A refusal if the target's access is more than the commenter could
+        have given them: an author who is a Reporter locks out no Maintainer."""
+        commenter = self.gitlab.membership(ws.project_id, note.author_id)
+        member = self.gitlab.membership(ws.project_id, user_id)
+        commenter_level = _active_level(commenter)
+        target_level = _active_level(member)
+        granted = session.scalar(
+            sa.select(Grant.role).where(
+                Grant.workspace_id == ws.id, Grant.gitlab_user_id == user_id
+            )
+        )
+        role: str | None = granted if granted != "none" else None
+        if role is None and target_level is not None:
+            by_level = provision.role_for(target_level, self.settings)
+            role = by_level.value if by_level is not None else None
+        decision = commands.may_revoke(
+            target,
+            target_level,
+            role,
+            commenter_level,
+            self.settings.read_level,
+            self.settings.write_level,
+        )
+        return None if decision.allowed else Answer(REFUSED, decision.reason)
+
+    def _lock(self, ws: Workspace, linux_name: str) -> bool:
+        """Lock an account and end its processes; whether that worked. An
+        account the workspace does not have (a fresh one) counts as locked."""
+        key = WorkspaceKey(ws.project_id, ws.mr_iid)
+        try:
+            result = self.runtime.exec(key, accounts.lock_argv(linux_name))
+        except PermanentError as err:  # it stopped under us
+            result = ExecResult(-1, err.reason.encode())
+        if result.exit_code in (accounts.EXIT_OK, accounts.EXIT_REFUSED):
+            return True
+        log.warning(
+            "account lock failed",
+            extra={
+                "workspace": key.slug(),
+                "linux_name": linux_name,
+                "exit_code": result.exit_code,
+                "output": result.output.decode(errors="replace")[-300:],
+            },
+        )
+        return False
+
+    def lock_revoked(self, ws: Workspace) -> None:
+        """Lock the accounts of people revoked while the workspace was not
+        running, or whose lock failed. The reconciler calls this on every pass
+        that finds the workspace ready; a lock that fails again raises
+        :class:`TemporaryError`, so the pass is retried with backoff."""
+        with self.store.session() as session:
+            pending = session.execute(
+                sa.select(Member.id, Member.linux_name)
+                .join(
+                    Grant,
+                    sa.and_(
+                        Grant.workspace_id == Member.workspace_id,
+                        Grant.gitlab_user_id == Member.gitlab_user_id,
+                    ),
+                )
+                .where(
+                    Member.workspace_id == ws.id,
+                    Member.generation == ws.generation,
+                    Member.locked.is_(False),
+                    Grant.role == "none",
+                )
+            ).all()
+        failed = []
+        for member_id, linux_name in pending:
+            if not self._lock(ws, linux_name):
+                failed.append(linux_name)
+                continue
+            with self.store.session() as session:
+                session.execute(
+                    sa.update(Member)
+                    .where(Member.id == member_id)
+                    .values(locked=True, connected=0)
+                )
+                audit.add(
+                    session,
+                    ws.project_id,
+                    ws.mr_iid,
+                    audit.BOT,
+                    "lock",
+                    OK,
+                    f"{linux_name}: access revoked",
+                )
+        if failed:
+            raise TemporaryError(f"locking revoked accounts failed: {len(failed)}")
 
     def _sync(self, ws: Workspace) -> Answer:
         if ws.phase != Phase.READY or ws.running_sha is None:
@@ -476,6 +605,13 @@ def _connected(session: orm.Session, ws: Workspace) -> list[str]:
     ]
 
 
+def _active_level(membership: Membership | None) -> int | None:
+    """The access level of an active member; None for anyone else."""
+    if membership is None or membership.state != "active":
+        return None
+    return membership.access_level
+
+
 def _append(session: orm.Session, note: CommandNote, done: int, answer: Answer) -> None:
     replies = [*json.loads(note.replies), [answer.outcome, answer.text]]
     note.replies, note.done = json.dumps(replies), done
@@ -523,3 +659,13 @@ def _comment_due(ws: Workspace) -> None:
 
 def _when(value: dt.datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M} UTC" if value else "—"
+
+
+def _span(seconds: float) -> str:
+    """A configured duration in the largest whole unit: "30 days", "90 minutes"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    count = int(seconds)
+    return f"{count} second{'s' if count != 1 else ''}"

@@ -25,7 +25,7 @@ import time
 
 from prometheus_client import Histogram
 
-from bot import comments, control, lifecycle, provision, resync
+from bot import audit, comments, control, lifecycle, provision, resync
 from bot.errors import BotError, PermanentError, TemporaryError
 from bot.gitlab import Client, NotFound
 from bot.lifecycle import Action, Desired, Phase
@@ -60,6 +60,31 @@ def backoff(attempts: int, base: float, cap: float, retry_after: float | None) -
     return float(delay)
 
 
+def lifecycle_entry(
+    before: str, restarting: bool, ws: Workspace, deadline: tuple[str, str] | None
+) -> tuple[str, str, str] | None:
+    """The audit entry (action, outcome, detail) for what a pass did to the
+    runtime, judged from the phase before and after it; None if nothing.
+    ``deadline`` names an idle stop or expiry, which look like a stop and a
+    removal otherwise."""
+    after = ws.phase
+    if after == before and not (restarting and after == Phase.READY):
+        return None
+    if after == Phase.READY:
+        action = "restart" if restarting else "start"
+        return action, "ok", f"commit {(ws.running_sha or '')[:12]}"
+    if after == Phase.FAILED:
+        return "fail", "failed", ws.reason
+    if after in (Phase.STOPPED, Phase.REMOVED) and deadline is not None:
+        return deadline[0], "ok", deadline[1]
+    if after == Phase.STOPPED:
+        return "stop", "ok", ""
+    if after == Phase.REMOVED:
+        closed = ws.mr_state in ("closed", "merged")
+        return "remove", "ok", f"the merge request was {ws.mr_state}" if closed else ""
+    return None
+
+
 class Reconciler:
     def __init__(
         self,
@@ -78,6 +103,8 @@ class Reconciler:
         self.control = control.Control(settings, store, gitlab, runtime)
         self.resyncer = resync.Resync(settings, store, gitlab, runtime)
         self.next_check: dt.datetime | None = None
+        #: What a deadline did this pass (idle stop, expiry), for the audit log.
+        self.deadline: tuple[str, str] | None = None
         # A process that just started resyncs at once: whatever happened while
         # it was down is repaired without waiting a whole interval.
         self._last_resync = -math.inf
@@ -153,7 +180,7 @@ class Reconciler:
         started = time.perf_counter()
         retry: TemporaryError | None = None
         changes: dict[str, object] = {}
-        self.next_check = None
+        self.next_check = self.deadline = None
 
         try:
             # Commands first, in comment order; they may change what the
@@ -167,6 +194,7 @@ class Reconciler:
             )
         ws = self._reload(ws)
         seen_version = ws.version
+        before, restarting = ws.phase, ws.restart
 
         try:
             if retry is None:
@@ -184,6 +212,19 @@ class Reconciler:
             changes["reason"] = f"retrying: {retry}"
         for name, value in changes.items():
             setattr(ws, name, value)
+        entry = lifecycle_entry(before, restarting, ws, self.deadline)
+
+        try:
+            # Revoked while it was not running, or the lock failed: lock now.
+            if retry is None and ws.phase == Phase.READY:
+                self.control.lock_revoked(ws)
+        except TemporaryError as err:
+            retry = err
+        except PermanentError as err:
+            log.error(
+                "revoked accounts not locked",
+                extra={"workspace": key.slug(), "error": err.reason},
+            )
 
         try:
             changes.update(self._update_comment(ws))
@@ -224,6 +265,8 @@ class Reconciler:
             release(
                 session, ws, worker, seen_version, due_at, attempts=attempts, **changes
             )
+            if entry is not None:
+                audit.add(session, ws.project_id, ws.mr_iid, audit.BOT, *entry)
         outcome = "retry" if retry else "failed" if ws.phase == Phase.FAILED else "ok"
         RECONCILE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
@@ -243,7 +286,9 @@ class Reconciler:
         plan = lifecycle.plan(ws, start_drafts=self.settings.start_drafts)
         if plan.action == Action.REMOVE:
             self.runtime.remove(key)
-            return {"phase": Phase.REMOVED, "reason": ""}
+            # A reopened MR's new workspace starts a lifetime of its own.
+            none = {"stop_at": None, "expires_at": None, "started_at": None}
+            return {"phase": Phase.REMOVED, "reason": "", **none}
         if plan.action == Action.STOP:
             self.runtime.stop(key)
             return {"phase": Phase.STOPPED, "reason": ""}
@@ -301,12 +346,14 @@ class Reconciler:
         comment warns ahead and nothing depends on a timer in memory.
         """
         s, now = self.settings, utcnow()
+        started_at = ws.started_at if ws.expires_at else now
         expires_at = ws.expires_at or now + dt.timedelta(seconds=s.max_lifetime)
         stop_at = ws.stop_at or now + dt.timedelta(seconds=s.idle_timeout)
         if provision.anyone_connected(self.store, ws):
             stop_at = max(stop_at, now + dt.timedelta(seconds=s.idle_timeout))
         if now >= expires_at:
             self.runtime.remove(key)
+            self.deadline = ("expire", f"maximum lifetime of {s.max_lifetime}s")
             return {
                 "desired": Desired.GONE,
                 "phase": Phase.REMOVED,
@@ -314,9 +361,11 @@ class Reconciler:
                 f"`{s.command_prefix} start` for a new one",
                 "stop_at": None,
                 "expires_at": None,
+                "started_at": None,
             }
         if now >= stop_at:
             self.runtime.stop(key)
+            self.deadline = ("idle stop", f"nobody connected for {s.idle_timeout}s")
             return {
                 "desired": Desired.STOPPED,
                 "phase": Phase.STOPPED,
@@ -331,7 +380,7 @@ class Reconciler:
             if t > now
         ]
         self.next_check = min(upcoming) if upcoming else None
-        return {"stop_at": stop_at, "expires_at": expires_at}
+        return {"stop_at": stop_at, "expires_at": expires_at, "started_at": started_at}
 
     def _spec(self, ws: Workspace, key: WorkspaceKey, sha: str) -> Spec:
         s = self.settings

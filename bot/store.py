@@ -96,6 +96,8 @@ class Workspace(Base):
     #: When the workspace stops if nobody uses it, and when it is destroyed.
     stop_at: orm.Mapped[dt.datetime | None]
     expires_at: orm.Mapped[dt.datetime | None]
+    #: When its lifetime began (expiry first set); ``extend`` is capped from it.
+    started_at: orm.Mapped[dt.datetime | None]
     #: The GitLab environment whose URL is the join page, and the commit of its
     #: latest deployment (what the MR widget's "View app" follows).
     environment_id: orm.Mapped[int | None]

@@ -1,28 +1,36 @@
 """``/workspace`` commands from MR comments, end to end on Podman.
 
 Cases: stop and start by a Developer, acknowledged with emoji and answered in
-the thread; a Guest's command refused with the reason; fork approval pinned to
-the approved commit (a later push is not run until approved again); commands in
-code blocks or quotes ignored; edited comments and the bot's own comments not
-run; an unknown command answered with help; a command on a merged MR answered,
-not run; rebuild asks for --confirm while someone is connected; destroy and
-start again; restart recovers a failed workspace; extend moves the deadlines;
-invite raises a Reporter to write and revoke locks them out, ending their live
-terminal; sync brings new commits into a shell that stays open, without
-touching local changes, and reports a conflict; with short configured times, an
-open terminal holds off the idle stop, which follows once it closes, and an
-expired workspace is destroyed, each after a warning in the comment; the audit
-log records it all.
+the thread, and stop, start and restart keep the checkout and home directories;
+a Guest's command refused with the reason; help, status and who answered with
+the workspace as it is (state, commit, deadlines, who is connected, the latest
+audit entries); fork approval pinned to the approved commit (a later push is
+not run until approved again); commands in code blocks or quotes ignored; an
+edited comment not run again, and the bot's own comments not run; an unknown
+command answered with help; a command on a merged MR answered, not run; rebuild
+asks for --confirm while someone has a terminal open, then rebuilds from the
+MR's current head; destroy and start again; restart recovers a failed
+workspace; extend moves the deadlines up to a cap counted from the start, and
+only while running; invite raises a Reporter to write and revoke locks them
+out, ending their live terminal; a Reporter author may not revoke a Maintainer;
+a revoke while stopped locks the account at the next start; a lock that fails
+is said so and tried again; sync brings new commits into a shell that stays
+open, without touching local changes, and reports a conflict; with short
+configured times, an open terminal holds off the idle stop, which follows once
+it closes, and an expired workspace is destroyed, each after a warning in the
+comment; the audit log records it all, the bot's own lifecycle actions too.
 """
 
 import datetime as dt
 
 import pytest
 import requests
+import sqlalchemy as sa
 
-from bot import audit
+from bot import audit, provision
+from bot.provision import Person
 from bot.runtime.base import WorkspaceKey
-from bot.store import Member, utcnow
+from bot.store import Grant, utcnow
 from tests import live, services
 from tests.gitlab_double import DEVELOPER, GUEST, MAINTAINER, REPORTER
 
@@ -80,8 +88,44 @@ def state(stack, mr):
     return container.status
 
 
-def test_a_developer_stops_and_starts_the_workspace(stack, people, running):
+def join(stack, mr, user):
+    """Join ``user`` to the workspace the way the join page does."""
+    ws = stack.row(mr)
+    return provision.join(
+        stack.settings,
+        stack.store,
+        stack.client,
+        stack.runtime,
+        Person(user["id"], user["username"], user["name"], ""),
+        WorkspaceKey(ws.project_id, ws.mr_iid),
+    )
+
+
+def log(stack, mr):
+    """The audit log of ``mr`` as (actor, action, outcome), newest first."""
+    entries = audit.latest(stack.store, mr["project_id"], mr["iid"])
+    return [(e.actor, e.action, e.outcome) for e in entries]
+
+
+def locked(stack, mr, name):
+    users = stack.run_in(mr, "/opt/rwbot/rwctl", "users").splitlines()
+    return any(line.split("\t")[0] == name and "locked" in line for line in users)
+
+
+def test_a_developer_stops_and_starts_the_workspace_keeping_its_files(
+    stack, people, running
+):
     _, users = people
+    join(stack, running, users["rita"])
+    stack.run_in(running, "sh", "-c", f"echo mine > {CHECKOUT}/notes.txt")
+    stack.run_in(running, "sh", "-c", "echo hers > ~/kept", user="rita")
+
+    def files():
+        return (
+            stack.run_in(running, "cat", f"{CHECKOUT}/notes.txt"),
+            stack.run_in(running, "cat", "/home/rita/kept"),
+        )
+
     note = command(stack, running, users["dev"], "/workspace stop")
     assert state(stack, running) == "exited"
     assert "stopped" in stack.comment(running)
@@ -91,6 +135,16 @@ def test_a_developer_stops_and_starts_the_workspace(stack, people, running):
     command(stack, running, users["dev"], "/workspace start")
     assert state(stack, running) == "running"
     assert "ready" in stack.comment(running)
+    assert files() == ("mine\n", "hers\n")
+
+    restarted = command(stack, running, users["dev"], "/workspace restart")
+    assert emoji(stack, restarted)[-1] == "white_check_mark"
+    assert state(stack, running) == "running"
+    assert files() == ("mine\n", "hers\n")
+    assert log(stack, running)[:2] == [
+        ("bot", "restart", "ok"),
+        ("dev", "command restart", "ok"),
+    ]
 
 
 def test_a_guests_command_is_refused_with_the_reason(stack, people, running):
@@ -102,6 +156,35 @@ def test_a_guests_command_is_refused_with_the_reason(stack, people, running):
     assert "Developer" in answer and "Guest" in answer
 
 
+def test_help_status_and_who_answer_with_the_workspace_as_it_is(stack, people, running):
+    project, users = people
+    helped = command(stack, running, users["rita"], "/workspace help")
+    (usage,) = replies(stack, running, helped)
+    assert "| Command |" in usage and "`/workspace extend <duration>`" in usage
+
+    join(stack, running, users["rita"])
+    shell = live.terminal(stack, project, running, users["dev"])
+    asked = command(stack, running, users["rita"], "/workspace status")
+    who = command(stack, running, users["rita"], "/workspace who")
+    shell.close()
+
+    ws = stack.row(running)
+    (status,) = replies(stack, running, asked)
+    assert "**State:** ready" in status
+    assert f"**Commit:** `{stack.gitlab.mr(running)['sha'][:8]}`" in status
+    assert f"**Stops when idle at:** {ws.stop_at:%Y-%m-%d %H:%M} UTC" in status
+    assert f"**Expires at:** {ws.expires_at:%Y-%m-%d %H:%M} UTC" in status
+    assert "@dev (write, connected now)" in status
+    assert "@rita (read, last seen " in status
+    latest = status.split("**Latest actions:**")[1]
+    assert "@dev join (ok)" in latest and "@rita command help (ok)" in latest
+    (people_now,) = replies(stack, running, who)
+    assert "@dev (write, connected now)" in people_now
+    assert "@rita (read, last seen " in people_now
+    for note in (helped, asked, who):
+        assert emoji(stack, note) == ["eyes", "white_check_mark"]
+
+
 def test_commands_in_code_or_quotes_and_edited_or_bot_comments_are_not_run(
     stack, people, running
 ):
@@ -109,13 +192,19 @@ def test_commands_in_code_or_quotes_and_edited_or_bot_comments_are_not_run(
     body = "```\n/workspace stop\n```\n> /workspace stop\n    /workspace stop"
     note = command(stack, running, users["dev"], body)
     assert emoji(stack, note) == []
-    edited = stack.gitlab.add_note(running, users["dev"], "/workspace stop")
-    stack.deliver(stack.gitlab.note_hook(edited, "update"))
+
+    edited = command(stack, running, users["dev"], "/workspace help")
+    assert emoji(stack, edited) == ["eyes", "white_check_mark"]
+    assert len(replies(stack, running, edited)) == 1  # the help ran once
+    stack.gitlab.edit_note(edited, "/workspace stop")
+    assert stack.deliver(stack.gitlab.note_hook(edited, "update")).status_code == 200
     bot_note = stack.gitlab.add_note(running, stack.gitlab.bot_user, "/workspace stop")
     stack.deliver(stack.gitlab.note_hook(bot_note))
     stack.settle()
     assert state(stack, running) == "running"
-    assert emoji(stack, edited) == [] and emoji(stack, bot_note) == []
+    assert emoji(stack, edited) == ["eyes", "white_check_mark"]
+    assert len(replies(stack, running, edited)) == 1  # nothing new in its thread
+    assert emoji(stack, bot_note) == []
 
 
 def test_an_unknown_command_is_answered_with_help(stack, people, running):
@@ -172,37 +261,36 @@ def test_fork_approval_runs_only_the_approved_commit(stack, people):
 def test_rebuild_asks_for_confirmation_while_someone_is_connected(
     stack, people, running
 ):
-    _, users = people
+    project, users = people
     stack.run_in(running, "touch", f"{CHECKOUT}/local-change")
-    ws = stack.row(running)
-    with stack.store.session() as s:
-        s.add(
-            Member(
-                workspace_id=ws.id,
-                gitlab_user_id=users["rita"]["id"],
-                username="rita",
-                linux_name="rita",
-                role="read",
-                generation=ws.generation,
-                connected=1,
-                last_seen_at=utcnow(),
-            )
-        )
+    shell = live.terminal(stack, project, running, users["rita"])
     note = command(stack, running, users["mia"], "/workspace rebuild")
+    assert "@rita is connected" in replies(stack, running, note)[0]
     assert "--confirm" in replies(stack, running, note)[0]
     assert "local-change" in stack.run_in(running, "ls", CHECKOUT)
 
+    new = stack.gitlab.push(running, {"lib.py": "v2\n"})
+    stack.deliver(stack.gitlab.mr_hook(running, "update"))
+    stack.settle()
     command(stack, running, users["mia"], "/workspace rebuild --confirm")
+    shell.close()
     assert "local-change" not in stack.run_in(running, "ls", CHECKOUT)
+    head = stack.run_in(running, "git", "-C", CHECKOUT, "rev-parse", "HEAD")
+    assert head.strip() == new
 
 
 def test_destroy_then_start_gives_a_fresh_workspace(stack, people, running):
     _, users = people
     command(stack, running, users["dev"], "/workspace destroy")  # the MR's author
     assert stack.containers(running) == [] and stack.volumes(running) == []
+    assert log(stack, running)[0] == ("bot", "remove", "ok")
     command(stack, running, users["dev"], "/workspace start")
     (container,) = stack.containers(running)
     assert container.labels["rwbot.generation"] == "2"
+    assert log(stack, running)[:2] == [
+        ("bot", "start", "ok"),
+        ("dev", "command start", "ok"),
+    ]
 
 
 def test_restart_recovers_a_workspace_whose_container_died(stack, people, running):
@@ -219,14 +307,42 @@ def test_restart_recovers_a_workspace_whose_container_died(stack, people, runnin
     assert "ready" in stack.comment(running)
 
 
-def test_extend_moves_the_idle_stop_and_expiry(stack, people, running):
+def test_extend_moves_the_deadlines_up_to_a_cap_counted_from_the_start(
+    stack, people, running
+):
     _, users = people
     before = stack.row(running)
-    note = command(stack, running, users["dev"], "/workspace extend 2h")
+    started = before.started_at
+    lifetime = dt.timedelta(seconds=stack.settings.max_lifetime)
+    assert started is not None and before.expires_at == started + lifetime
+    cap = started + dt.timedelta(seconds=stack.settings.max_extended_lifetime)
+    assert cap == started + dt.timedelta(days=30)  # the default, as replies say
+
+    first = command(stack, running, users["dev"], "/workspace extend 20d")
     after = stack.row(running)
-    assert after.expires_at - before.expires_at == dt.timedelta(hours=2)
+    assert after.expires_at - before.expires_at == dt.timedelta(days=20)
     assert after.stop_at > before.stop_at
-    assert "expiry moved" in replies(stack, running, note)[0]
+    assert "expiry moved" in replies(stack, running, first)[0]
+
+    # 7 + 20 + 20 days is past the cap: the first extend did not move it.
+    second = command(stack, running, users["dev"], "/workspace extend 20d")
+    capped = stack.row(running)
+    assert (capped.expires_at, capped.started_at) == (cap, started)
+    assert emoji(stack, second)[-1] == "white_check_mark"
+    assert (
+        "the latest allowed (30 days after it started)"
+        in (replies(stack, running, second)[0])
+    )
+
+    third = command(stack, running, users["dev"], "/workspace extend 1d")
+    assert stack.row(running).expires_at == cap
+    assert emoji(stack, third)[-1] == "x"
+    assert "cannot be extended further" in replies(stack, running, third)[0]
+
+    command(stack, running, users["dev"], "/workspace stop")
+    stopped = command(stack, running, users["dev"], "/workspace extend 2h")
+    assert emoji(stack, stopped)[-1] == "x"
+    assert "not running" in replies(stack, running, stopped)[0]
 
 
 def test_invite_gives_a_reporter_write_and_revoke_locks_them_out(
@@ -236,31 +352,75 @@ def test_invite_gives_a_reporter_write_and_revoke_locks_them_out(
     refused = command(stack, running, users["rita"], "/workspace invite @rita write")
     assert emoji(stack, refused)[-1] == "x"  # a Reporter may not invite
     command(stack, running, users["mia"], "/workspace invite @rita write")
-    ws = stack.row(running)
-    from bot import provision
-    from bot.provision import Person
+    assert join(stack, running, users["rita"]).role.value == "write"
 
-    joined = provision.join(
-        stack.settings,
-        stack.store,
-        stack.client,
-        stack.runtime,
-        Person(users["rita"]["id"], "rita", "Rita", ""),
-        WorkspaceKey(ws.project_id, ws.mr_iid),
+    note = command(stack, running, users["mia"], "/workspace revoke @rita")
+    assert (
+        "sessions were ended and their account locked"
+        in (replies(stack, running, note)[0])
     )
-    assert joined.role.value == "write"
-
-    command(stack, running, users["mia"], "/workspace revoke @rita")
-    assert "locked" in stack.run_in(running, "/opt/rwbot/rwctl", "users")
+    assert locked(stack, running, "rita")
     with pytest.raises(provision.Refused):
-        provision.join(
-            stack.settings,
-            stack.store,
-            stack.client,
-            stack.runtime,
-            Person(users["rita"]["id"], "rita", "Rita", ""),
-            WorkspaceKey(ws.project_id, ws.mr_iid),
-        )
+        join(stack, running, users["rita"])
+
+
+def test_a_reporter_author_may_not_revoke_a_maintainer(stack, people):
+    project, users = people
+    mr = stack.gitlab.open_mr(
+        project, "feature", {"app.py": "v1\n"}, author=users["rita"]
+    )
+    stack.deliver(stack.gitlab.mr_hook(mr, "open"))
+    stack.settle()
+
+    note = command(stack, mr, users["rita"], "/workspace revoke @mia")
+    assert emoji(stack, note)[-1] == "x"
+    (answer,) = replies(stack, mr, note)
+    assert "Maintainer" in answer and "you have Reporter" in answer
+    with stack.store.session() as s:
+        assert s.scalars(sa.select(Grant)).all() == []
+    assert join(stack, mr, users["mia"]).role.value == "write"
+
+
+def test_a_revoke_while_stopped_locks_the_account_at_the_next_start(
+    stack, people, running
+):
+    _, users = people
+    join(stack, running, users["rita"])
+    command(stack, running, users["dev"], "/workspace stop")
+
+    note = command(stack, running, users["mia"], "/workspace revoke @rita")
+    assert "locked when it next starts" in replies(stack, running, note)[0]
+    assert emoji(stack, note)[-1] == "white_check_mark"
+
+    command(stack, running, users["dev"], "/workspace start")
+    assert locked(stack, running, "rita")
+    assert ("bot", "lock", "ok") in log(stack, running)
+    with pytest.raises(provision.Refused):
+        join(stack, running, users["rita"])
+
+
+def test_a_lock_that_fails_is_reported_and_tried_again(stack, people, running):
+    _, users = people
+    join(stack, running, users["rita"])
+    tool = "/opt/rwbot/rwctl"
+    mode = stack.run_in(running, "stat", "-c", "%a", tool).strip()
+    stack.run_in(running, "chmod", "0", tool)  # a broken image: lock cannot run
+
+    note = stack.gitlab.add_note(running, users["mia"], "/workspace revoke @rita")
+    stack.deliver(stack.gitlab.note_hook(note))
+    services.wait_for(
+        lambda: _reconciled(stack) and "x" in emoji(stack, note),
+        timeout=60,
+        what="the revoke to be answered",
+    )
+    (answer,) = replies(stack, running, note)
+    assert "locking their account in the workspace failed" in answer
+    assert "sessions were ended" not in answer
+
+    stack.run_in(running, "chmod", mode, tool)
+    stack.settle()  # retried with backoff until it works
+    assert locked(stack, running, "rita")
+    assert log(stack, running)[0] == ("bot", "lock", "ok")
 
 
 def test_revoke_ends_a_live_session(stack, people, running):
@@ -331,6 +491,8 @@ def test_an_idle_stop_waits_for_connected_people_then_stops(stack, people, runni
     assert any("soon: use it" in c for c in comments)  # warned first
     assert "nobody used it" in stack.comment(running)
     assert len(stack.containers(running)) == 1  # stopped, not removed
+    assert log(stack, running)[0] == ("bot", "idle stop", "ok")
+    assert ("bot", "start", "ok") in log(stack, running)
 
 
 @pytest.mark.stack_settings(max_lifetime=8, warn_before=4)
@@ -339,6 +501,13 @@ def test_an_expired_workspace_is_destroyed_after_a_warning(stack, people, runnin
     assert any("soon: comment `/workspace extend 1d`" in c for c in comments)
     assert "maximum lifetime" in stack.comment(running)
     assert stack.volumes(running) == []
+    entries = audit.latest(stack.store, running["project_id"], running["iid"])
+    assert (entries[0].actor, entries[0].action, entries[0].outcome) == (
+        "bot",
+        "expire",
+        "ok",
+    )
+    assert "maximum lifetime of 8s" in entries[0].detail
 
 
 SECOND = dt.timedelta(seconds=1)
@@ -367,28 +536,18 @@ def test_the_audit_log_records_commands(stack, people, running):
     _, users = people
     command(stack, running, users["dev"], "/workspace stop")
     command(stack, running, users["gus"], "/workspace start")
-    entries = audit.latest(stack.store, running["project_id"], running["iid"])
-    assert [(e.actor, e.action, e.outcome) for e in entries[:2]] == [
+    assert log(stack, running)[:4] == [
         ("gus", "command start", "refused"),
+        ("bot", "stop", "ok"),
         ("dev", "command stop", "ok"),
+        ("bot", "start", "ok"),
     ]
 
 
 def test_a_member_who_lost_access_is_locked_by_the_sweep(stack, people, running):
     project, users = people
-    from bot import provision
-    from bot.provision import Person
-
     ws = stack.row(running)
-    key = WorkspaceKey(ws.project_id, ws.mr_iid)
-    provision.join(
-        stack.settings,
-        stack.store,
-        stack.client,
-        stack.runtime,
-        Person(users["rita"]["id"], "rita", "Rita", ""),
-        key,
-    )
+    join(stack, running, users["rita"])
     stack.gitlab.remove_member(project, users["rita"])
 
     stack.reconciler.resync()
