@@ -18,7 +18,7 @@ import email.utils
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import gitlab
@@ -53,6 +53,16 @@ class Project:
     path: str
     http_url: str
     web_url: str
+
+
+@dataclass(frozen=True)
+class CloneToken:
+    """A project deploy token that may only read the repository; git takes
+    ``username`` and ``token`` as HTTP Basic credentials."""
+
+    id: int
+    username: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -432,6 +442,50 @@ class Client:
             return [str(scope) for scope in scopes]
 
         return self._call("read its own token", call)
+
+    def create_clone_token(
+        self, project: int | str, name: str, expires_at: dt.datetime
+    ) -> CloneToken:
+        """A deploy token of the project, ``read_repository`` only, that expires
+        at ``expires_at`` (docs.gitlab.com/api/deploy_tokens). GitLab lets only
+        Maintainers make them; without that role the answer says so, and no
+        other credential is offered in its place."""
+
+        def call() -> CloneToken:
+            p = self._gl.projects.get(project, lazy=True)
+            try:
+                made = p.deploytokens.create(
+                    {
+                        "name": name,
+                        "scopes": ["read_repository"],
+                        "expires_at": expires_at.isoformat(),
+                    },
+                    **self._fast,
+                )
+            except gitlab.exceptions.GitlabCreateError as err:
+                if err.response_code != 403:
+                    raise
+                raise PermanentError(
+                    "The bot's GitLab token needs the Maintainer role on this "
+                    "project to give the workspace a read-only clone token "
+                    "(a project deploy token)."
+                ) from err
+            return CloneToken(int(made.id), str(made.username), str(made.token))
+
+        return self._call(f"create a clone token for project {project}", call)
+
+    def revoke_clone_token(self, project: int | str, token_id: int) -> None:
+        """Delete the deploy token; one already gone is fine."""
+
+        def call() -> None:
+            p = self._gl.projects.get(project, lazy=True)
+            try:
+                p.deploytokens.delete(token_id, **self._fast)
+            except gitlab.exceptions.GitlabDeleteError as err:
+                if err.response_code != 404:
+                    raise
+
+        self._call(f"revoke clone token {token_id} of project {project}", call)
 
     def _mr(self, project_id: int, iid: int) -> Any:
         return self._gl.projects.get(project_id, lazy=True).mergerequests.get(

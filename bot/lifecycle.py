@@ -190,7 +190,10 @@ def checkout_source(settings: Settings, ws: Workspace, sha: str) -> Source:
 
     The URL is built from the bot's own configuration, never from a payload, so
     the bot's token is only ever sent to the configured GitLab. The MR ref lives
-    in the target project and also holds fork MRs' commits.
+    in the target project and also holds fork MRs' commits. The token is for
+    the bot's own git (it fetches, reads the devfile, makes sync bundles) and
+    never enters a workspace: where a workspace clones for itself (Kubernetes)
+    the runtime mints a read-only deploy token for it instead.
     """
     return Source(
         url=f"{settings.gitlab_url}/{ws.project_path}.git",

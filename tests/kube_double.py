@@ -33,7 +33,8 @@ it with, for the test that compares them with the chart's ClusterRole.
 
 The runtime also reads the commit it runs (the devfile) and bundles new commits
 for ``sync`` with git on the bot's side; :func:`mr_source` gives it a merge
-request served over smart HTTP by the GitLab double, with the bot's token.
+request served over smart HTTP by the GitLab double, with the bot's token, and
+:func:`clone_tokens` the client that mints the workspaces' deploy tokens there.
 """
 
 from __future__ import annotations
@@ -792,6 +793,15 @@ def mr_source(
         token=gitlab.token,
     )
     return source, mr
+
+
+def clone_tokens(gitlab: Any) -> Any:
+    """The bot's real GitLab client on the GitLab double, which the runtime
+    mints and revokes the workspaces' clone tokens (deploy tokens) with."""
+    from bot.gitlab import Client
+    from tests import harness
+
+    return Client(harness.bot_settings(gitlab, "http://127.0.0.1:9", "sqlite://"))
 
 
 def api_client(double: KubeDouble) -> Any:

@@ -32,17 +32,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import functools
-import http.server
+import datetime
 import os
 import secrets
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from kubernetes import client
 
 from bot import accounts, git
@@ -56,7 +55,7 @@ from bot.runtime.kubernetes import KubernetesConfig, KubernetesRuntime, config_f
 from bot.settings import SettingsError
 from bot.store import Store
 from tests import harness, kube_double, services
-from tests.gitlab_double import GitLabDouble
+from tests.gitlab_double import DEVELOPER, GitLabDouble, deploy_tokens
 from tests.kube_double import KubeDouble, PodBehaviour
 from tests.services import free_port, wait_for
 
@@ -64,7 +63,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RWCTL = ROOT / "bot" / "workspace" / "rwctl.sh"
 KEY = base.WorkspaceKey(project_id=7, mr_iid=3)
 NAMESPACE = "rwbot-test-p7-mr3"
-TOKEN = "glpat-short-lived-clone-token"
 
 
 def make_spec(
@@ -77,6 +75,13 @@ def make_spec(
 def gitlab() -> Iterator[GitLabDouble]:
     with GitLabDouble() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def tokens(gitlab: GitLabDouble) -> Client:
+    """The bot's GitLab client, which mints the workspaces' clone tokens."""
+    client: Client = kube_double.clone_tokens(gitlab)
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +139,13 @@ def contained(pod_container: str) -> Iterator[KubeDouble]:
 
 
 @pytest.fixture
-def in_pod(contained: KubeDouble, config: KubernetesConfig) -> KubernetesRuntime:
+def in_pod(
+    contained: KubeDouble, config: KubernetesConfig, tokens: Client
+) -> KubernetesRuntime:
     """A runtime whose workspace commands run in a real container."""
-    return KubernetesRuntime(kube_double.api_client(contained), config, "test")
+    return KubernetesRuntime(
+        kube_double.api_client(contained), config, "test", clone_tokens=tokens
+    )
 
 
 @pytest.fixture
@@ -145,8 +154,12 @@ def config(rwctl: Path) -> KubernetesConfig:
 
 
 @pytest.fixture
-def runtime(double: KubeDouble, config: KubernetesConfig) -> KubernetesRuntime:
-    return KubernetesRuntime(kube_double.api_client(double), config, "test")
+def runtime(
+    double: KubeDouble, config: KubernetesConfig, tokens: Client
+) -> KubernetesRuntime:
+    return KubernetesRuntime(
+        kube_double.api_client(double), config, "test", clone_tokens=tokens
+    )
 
 
 def phase_is(runtime: KubernetesRuntime, phase: base.Phase) -> base.Status | None:
@@ -271,11 +284,9 @@ def test_provisioned_reviewer_gets_a_tty_shell_as_themselves_that_follows_resize
         terminal.write(b"whoami; id -u\n")
         read_until(terminal, f"{name}\r\n{accounts.uid_for(4242)}\r\n".encode())
 
-        terminal.write(b"stty size\n")
-        read_until(terminal, b"24 80\r\n")
+        shows_size(terminal, b"24 80")
         terminal.resize(rows=50, cols=160)
-        terminal.write(b"stty size\n")
-        read_until(terminal, b"50 160\r\n")
+        shows_size(terminal, b"50 160")
 
         # The bot ends the shell of a closed tab as bot/terminal.py does.
         ended = in_pod.exec(KEY, accounts.end_argv(session))
@@ -283,6 +294,21 @@ def test_provisioned_reviewer_gets_a_tty_shell_as_themselves_that_follows_resize
         wait_for(lambda: _drained(terminal), 10, "the shell to end")
     finally:
         terminal.close()
+
+
+def shows_size(terminal: base.Terminal, size: bytes) -> None:
+    """Ask the shell for its terminal's size until it is ``size``: a resize
+    travels on to the container's terminal on its own time, as on a cluster."""
+    seen = b""
+
+    def shown() -> bool:
+        nonlocal seen
+        terminal.write(b"stty size\n")
+        with contextlib.suppress(TimeoutError):
+            seen += terminal.read(timeout=0.5)
+        return size + b"\r\n" in seen
+
+    wait_for(shown, 10, f"size {size!r} in the shell")
 
 
 def _drained(terminal: base.Terminal) -> bool:
@@ -356,22 +382,133 @@ def test_workspace_is_starting_until_its_pod_is_ready(
 # -- the clone credential --------------------------------------------------------------
 
 
-def test_credential_is_deleted_once_the_clone_has_finished(
-    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
+def handed_out(double: KubeDouble) -> tuple[str, str]:
+    """The user name and token in the workspace's clone credential."""
+    data = double.must("", "secrets", NAMESPACE, "clone-credential")["data"]
+    return (
+        base64.b64decode(data["username"]).decode(),
+        base64.b64decode(data["token"]).decode(),
+    )
+
+
+def git_reads(source: base.Source, username: str, token: str) -> bool:
+    """Whether git over HTTP lets these credentials read the repository."""
+    answer = requests.get(
+        f"{source.url}/info/refs",
+        params={"service": "git-upload-pack"},
+        auth=(username, token),
+        timeout=10,
+    )
+    return answer.status_code == 200
+
+
+def test_credential_is_a_read_only_deploy_token_revoked_once_the_clone_is_done(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    gitlab: GitLabDouble,
+    source: base.Source,
 ) -> None:
     double.behaviour = PodBehaviour.MANUAL
     runtime.ensure_running(make_spec(source))
-    secret = double.must("", "secrets", NAMESPACE, "clone-credential")
-    assert base64.b64decode(secret["data"]["token"]).decode() == source.token
-    runtime.status(KEY)
+    username, token = handed_out(double)
+    (minted,) = [t for t in deploy_tokens.of(gitlab.store).values() if t.token == token]
+
+    assert token != source.token  # never the bot's own token
+    assert (minted.username, minted.scopes) == (username, ["read_repository"])
+    assert minted.expires_at is not None
+    assert minted.expires_at <= gitlab.store.now() + datetime.timedelta(hours=1)
+    assert git_reads(source, username, token)
+    runtime.status(KEY)  # still cloning: the credential stays
     assert double.get("", "secrets", NAMESPACE, "clone-credential") is not None
 
     double.make_ready(NAMESPACE)
     wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "ready")
 
     assert double.get("", "secrets", NAMESPACE, "clone-credential") is None
+    assert minted.id not in deploy_tokens.of(gitlab.store)
+    assert not git_reads(source, username, token)
     deployment = double.must("apps", "deployments", NAMESPACE, "workspace")
     assert deployment["metadata"]["annotations"][manifests.CHECKOUT] == "done"
+
+
+def test_clone_token_reads_its_own_repository_and_nothing_else(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    gitlab: GitLabDouble,
+    source: base.Source,
+) -> None:
+    other, _ = kube_double.mr_source(gitlab, f"team/other-{secrets.token_hex(3)}")
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec(source))
+    username, token = handed_out(double)
+
+    push = requests.get(
+        f"{source.url}/info/refs",
+        params={"service": "git-receive-pack"},
+        auth=(username, token),
+        timeout=10,
+    )
+    api = requests.get(
+        f"{gitlab.url}/api/v4/projects/{source.path.replace('/', '%2F')}",
+        headers={"PRIVATE-TOKEN": token},
+        timeout=10,
+    )
+
+    assert git_reads(source, username, token)
+    assert not git_reads(other, username, token)
+    assert push.status_code == 401
+    assert api.status_code == 401
+
+
+def test_credential_is_deleted_and_revoked_when_the_clone_fails(
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
+) -> None:
+    double.behaviour = PodBehaviour.CLONE_FAILED
+    runtime.ensure_running(make_spec(source))
+    username, token = handed_out(double)
+
+    assert runtime.status(KEY).phase is base.Phase.FAILED
+
+    assert double.get("", "secrets", NAMESPACE, "clone-credential") is None
+    assert not git_reads(source, username, token)
+    assert runtime.status(KEY).phase is base.Phase.FAILED  # and stays so
+
+
+def test_restart_of_an_unfinished_clone_hands_a_fresh_token_and_revokes_the_old(
+    runtime: KubernetesRuntime, double: KubeDouble, source: base.Source
+) -> None:
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec(source))
+    first = handed_out(double)
+    runtime.stop(KEY)
+
+    runtime.ensure_running(make_spec(source))
+
+    second = handed_out(double)
+    assert second != first
+    assert git_reads(source, *second)
+    assert not git_reads(source, *first)
+
+    runtime.remove(KEY)  # destroyed before the clone finished: revoked too
+    assert not git_reads(source, *second)
+
+
+def test_without_maintainer_the_workspace_fails_naming_the_role_and_makes_nothing(
+    runtime: KubernetesRuntime, double: KubeDouble, gitlab: GitLabDouble
+) -> None:
+    project = gitlab.add_project("team/dev-only", bot_access=DEVELOPER)
+    mr = gitlab.open_mr(project, "feature/y", {"a.txt": "a\n"})
+    source = base.Source(
+        gitlab.git_url(project),
+        f"refs/merge-requests/{mr['iid']}/head",
+        mr["sha"],
+        "team/dev-only",
+        gitlab.token,
+    )
+
+    with pytest.raises(PermanentError, match="needs the Maintainer role"):
+        runtime.ensure_running(make_spec(source))
+    assert double.items("", "namespaces") == []
 
 
 def test_credential_is_mounted_in_the_clone_step_only(
@@ -390,22 +527,6 @@ def test_credential_is_mounted_in_the_clone_step_only(
     assert source.token not in str(pod)
 
 
-class _GitHandler(http.server.SimpleHTTPRequestHandler):
-    """Dumb-HTTP git server that wants the token as the password."""
-
-    def do_GET(self) -> None:
-        expected = base64.b64encode(f"oauth2:{TOKEN}".encode()).decode()
-        if self.headers.get("Authorization") != f"Basic {expected}":
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.end_headers()
-            return
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def _git(*args: str, cwd: Path) -> str:
     env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
     return subprocess.run(
@@ -413,42 +534,21 @@ def _git(*args: str, cwd: Path) -> str:
     ).stdout.strip()
 
 
-def test_clone_script_fetches_with_the_token_and_leaves_it_nowhere(
+def test_clone_script_fetches_with_the_deploy_token_and_leaves_it_nowhere(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    source: base.Source,
     tmp_path: Path,
 ) -> None:
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    _git("init", "-q", "-b", "main", cwd=origin)
-    (origin / "README").write_text("hello\n")
-    _git("add", "README", cwd=origin)
-    _git(
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@example.com",
-        "commit",
-        "-qm",
-        "c",
-        cwd=origin,
-    )
-    _git("checkout", "-qb", "feature/x", cwd=origin)
-    sha = _git("rev-parse", "HEAD", cwd=origin)
-    _git(
-        "clone",
-        "-q",
-        "--bare",
-        str(origin),
-        str(tmp_path / "served" / "app.git"),
-        cwd=tmp_path,
-    )
-    _git("update-server-info", cwd=tmp_path / "served" / "app.git")
-
-    port = free_port()
-    handler = functools.partial(_GitHandler, directory=str(tmp_path / "served"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    credential = tmp_path / "credential"
-    credential.write_text(TOKEN)
+    """The clone step as the pod runs it (clone.sh with askpass and the
+    credential mounted as files), against the GitLab double's git over HTTP."""
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec(source))
+    username, token = handed_out(double)
+    mounted = tmp_path / "credential"
+    mounted.mkdir()
+    (mounted / "username").write_text(username)
+    (mounted / "token").write_text(token)
     dest = tmp_path / "workspace" / "group" / "app"
     templates = ROOT / "templates" / "kubernetes"
     askpass = tmp_path / "askpass"  # executable, as the ConfigMap mounts it
@@ -458,54 +558,40 @@ def test_clone_script_fetches_with_the_token_and_leaves_it_nowhere(
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "GIT_CONFIG_NOSYSTEM": "1",
-        "RWBOT_SOURCE_URL": f"http://127.0.0.1:{port}/app.git",
-        "RWBOT_SOURCE_REF": "feature/x",
-        "RWBOT_SOURCE_SHA": sha,
+        "RWBOT_SOURCE_URL": source.url,
+        "RWBOT_SOURCE_REF": source.ref,
+        "RWBOT_SOURCE_SHA": source.sha,
         "RWBOT_CHECKOUT_DIR": str(dest),
-        "RWBOT_CREDENTIAL_FILE": str(credential),
+        "RWBOT_CREDENTIAL_FILE": str(mounted / "token"),
         "GIT_ASKPASS": str(askpass),
         "GIT_TERMINAL_PROMPT": "0",
     }
-    try:
-        subprocess.run(
-            ["sh", str(templates / "clone.sh")],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        again = subprocess.run(
-            ["sh", str(templates / "clone.sh")],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        gone = {
-            **env,
-            "RWBOT_SOURCE_SHA": "f" * 40,
-            "RWBOT_CHECKOUT_DIR": str(tmp_path / "other"),
-        }
-        stale = subprocess.run(
-            ["sh", str(templates / "clone.sh")],
-            env=gone,
-            capture_output=True,
-            text=True,
-        )
-    finally:
-        server.shutdown()
 
+    def clone(**changes: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", str(templates / "clone.sh")],
+            env={**env, **changes},
+            capture_output=True,
+            text=True,
+        )
+
+    done = clone()
+    again = clone()
+    stale = clone(RWBOT_SOURCE_SHA="f" * 40, RWBOT_CHECKOUT_DIR=str(tmp_path / "o"))
+
+    assert done.returncode == 0, done.stderr
     assert stale.returncode == 1
     assert stale.stderr == f"commit {'f' * 40} is no longer part of the merge request\n"
-    assert not (tmp_path / "other").exists()
+    assert not (tmp_path / "o").exists()
 
-    assert (dest / "README").read_text() == "hello\n"
-    assert _git("rev-parse", "HEAD", cwd=dest) == sha
+    assert (dest / "app.py").read_text() == "print(1)\n"
+    assert _git("rev-parse", "HEAD", cwd=dest) == source.sha
     # The layout of bot.git.fetch_checkout, which the Docker runtime uses.
     assert _git("rev-parse", "--abbrev-ref", "HEAD", cwd=dest) == "review"
-    assert _git("rev-parse", "refs/remotes/origin/mr-head", cwd=dest) == sha
+    assert _git("rev-parse", "refs/remotes/origin/mr-head", cwd=dest) == source.sha
     assert _git("config", "core.sharedRepository", cwd=dest) == "group"
-    assert _git("config", "remote.origin.url", cwd=dest) == env["RWBOT_SOURCE_URL"]
-    leaked = subprocess.run(["grep", "-rl", TOKEN, str(dest)], capture_output=True)
+    assert _git("config", "remote.origin.url", cwd=dest) == source.url
+    leaked = subprocess.run(["grep", "-rl", token, str(dest)], capture_output=True)
     assert leaked.stdout == b""
     assert "already present" in again.stdout
 
@@ -756,12 +842,15 @@ def test_sync_that_would_touch_local_changes_changes_nothing_and_says_why(
 
 
 def test_user_namespaces_make_joins_ask_the_tool_for_a_uid(
-    double: KubeDouble, config: KubernetesConfig
+    double: KubeDouble, config: KubernetesConfig, tokens: Client
 ) -> None:
     isolated = dataclasses.replace(config, host_users=False)
 
     def policy(c: KubernetesConfig) -> str:
-        return KubernetesRuntime(kube_double.api_client(double), c, "t").uid_policy
+        made = KubernetesRuntime(
+            kube_double.api_client(double), c, "t", clone_tokens=tokens
+        )
+        return made.uid_policy
 
     assert (policy(config), policy(isolated)) == ("gitlab-id", "auto")
 
@@ -770,10 +859,12 @@ def test_user_namespaces_make_joins_ask_the_tool_for_a_uid(
 
 
 def test_pod_that_never_becomes_ready_fails_after_the_timeout(
-    double: KubeDouble, config: KubernetesConfig, source: base.Source
+    double: KubeDouble, config: KubernetesConfig, source: base.Source, tokens: Client
 ) -> None:
     quick = KubernetesConfig(rwctl=config.rwctl, ready_timeout=0.3)
-    runtime = KubernetesRuntime(kube_double.api_client(double), quick, "test")
+    runtime = KubernetesRuntime(
+        kube_double.api_client(double), quick, "test", clone_tokens=tokens
+    )
     double.behaviour = PodBehaviour.NEVER_READY
     runtime.ensure_running(make_spec(source))
 
@@ -787,11 +878,15 @@ def test_pod_that_never_becomes_ready_fails_after_the_timeout(
 
 
 def test_unschedulable_pod_is_starting_until_the_timeout_then_failed(
-    double: KubeDouble, config: KubernetesConfig, source: base.Source
+    double: KubeDouble, config: KubernetesConfig, source: base.Source, tokens: Client
 ) -> None:
     now = [1_000.0]
     runtime = KubernetesRuntime(
-        kube_double.api_client(double), config, "test", clock=lambda: now[0]
+        kube_double.api_client(double),
+        config,
+        "test",
+        clone_tokens=tokens,
+        clock=lambda: now[0],
     )
     double.behaviour = PodBehaviour.UNSCHEDULABLE
     runtime.ensure_running(make_spec(source))
@@ -893,11 +988,13 @@ def test_server_error_is_temporary_and_the_retry_adopts_what_was_made(
     assert double.get("", "persistentvolumeclaims", NAMESPACE, "workspace-data") == pvc
 
 
-def test_unreachable_api_is_temporary(config: KubernetesConfig) -> None:
+def test_unreachable_api_is_temporary(config: KubernetesConfig, tokens: Client) -> None:
     configuration = client.Configuration()
     configuration.host = f"http://127.0.0.1:{free_port()}"
     configuration.retries = 0
-    runtime = KubernetesRuntime(client.ApiClient(configuration), config, "test")
+    runtime = KubernetesRuntime(
+        client.ApiClient(configuration), config, "test", clone_tokens=tokens
+    )
 
     with pytest.raises(TemporaryError, match="unreachable"):
         runtime.ping()
@@ -999,6 +1096,7 @@ def test_resync_with_a_lost_store_removes_the_orphan_and_keeps_a_wanted_one(
     config: KubernetesConfig,
     source: base.Source,
     tmp_path: Path,
+    tokens: Client,
 ) -> None:
     served, mr = kube_double.mr_source(gitlab, "team/resync")
     wanted = base.WorkspaceKey(int(mr["project_id"]), int(mr["iid"]))
@@ -1012,7 +1110,9 @@ def test_resync_with_a_lost_store_removes_the_orphan_and_keeps_a_wanted_one(
     )
     store = Store(settings.database_url)
     store.migrate()
-    fresh = KubernetesRuntime(kube_double.api_client(double), config, "test")
+    fresh = KubernetesRuntime(
+        kube_double.api_client(double), config, "test", clone_tokens=tokens
+    )
     try:
         Reconciler(settings, store, Client(settings), fresh).resync()
     finally:

@@ -14,11 +14,13 @@ from bot.settings import Settings
 
 def from_settings(settings: Settings) -> Runtime:
     if settings.runtime == "kubernetes":
+        from bot.gitlab import Client
         from bot.runtime.kube.config import config_from_env
         from bot.runtime.kubernetes import KubernetesRuntime
 
+        # The runtime mints each workspace's clone token with the bot's client.
         return KubernetesRuntime.from_cluster(
-            config_from_env(os.environ), settings.instance
+            config_from_env(os.environ), settings.instance, Client(settings)
         )
     from bot.runtime.docker import DockerRuntime
 

@@ -13,6 +13,12 @@ ourselves, so it outlives scaling either way, and a StatefulSet whose pod is
 broken needs the pod deleted by hand before a fixed template rolls out, while a
 Deployment with the Recreate strategy simply replaces it.
 
+The clone credential is a project deploy token minted for the workspace
+(``read_repository`` only, expiring within the hour; the bot's own token never
+enters the cluster). Its id is kept in the Deployment's annotation; it is
+revoked, and the Secret deleted, once the clone has finished, when the
+workspace fails, and when the workspace is removed.
+
 A devfile in the commit is read by the bot before the Deployment is written
 (:mod:`bot.runtime.kube.checkout`) and shapes its container; its postStart
 commands run over exec once the pod is ready, in every new pod (each has a new
@@ -22,23 +28,29 @@ root filesystem), and the workspace counts as running only after they have.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kubernetes import client
 from kubernetes import config as kube_config
 
 from bot import accounts, git
-from bot.errors import ConfigError, PermanentError, TemporaryError
+from bot.errors import BotError, ConfigError, PermanentError, TemporaryError
 from bot.runtime import base, workspace
 from bot.runtime.kube import api, checkout, diagnose, manifests, stream
 from bot.runtime.kube.config import KubernetesConfig, config_from_env
 
-__all__ = ["KubernetesConfig", "KubernetesRuntime", "config_from_env"]
+if TYPE_CHECKING:
+    from bot.gitlab import CloneToken
+
+__all__ = ["CloneTokens", "KubernetesConfig", "KubernetesRuntime", "config_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,11 @@ log = logging.getLogger(__name__)
 SUPPORTED_KUBERNETES = ("1.29", "1.37")
 
 _PAGE = 500
+
+#: The Deployment's annotation with the id of the clone's deploy token.
+CLONE_TOKEN = "rwbot.clone-token"  # noqa: S105 - an annotation name, not a token
+#: How long a clone token lives at least; longer when the ready timeout is.
+CLONE_TOKEN_LIFETIME = 3600.0
 
 #: Runs in the postStart command's directory (a devfile's workingDir, else the
 #: checkout): exec has no working directory of its own.
@@ -66,6 +83,16 @@ _SYNC_SCRIPT = (
 )
 
 
+class CloneTokens(Protocol):
+    """Short-lived read-only credentials for a project (:class:`bot.gitlab.Client`)."""
+
+    def create_clone_token(
+        self, project: int | str, name: str, expires_at: dt.datetime
+    ) -> CloneToken: ...
+
+    def revoke_clone_token(self, project: int | str, token_id: int) -> None: ...
+
+
 class KubernetesRuntime(base.Runtime):
     """Runs workspaces in a cluster through the official client."""
 
@@ -75,10 +102,12 @@ class KubernetesRuntime(base.Runtime):
         config: KubernetesConfig,
         instance: str,
         *,
+        clone_tokens: CloneTokens,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._instance = instance
+        self._tokens = clone_tokens
         self._clock = clock
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -88,7 +117,9 @@ class KubernetesRuntime(base.Runtime):
         self._renderer = manifests.Renderer(config, instance)
 
     @classmethod
-    def from_cluster(cls, config: KubernetesConfig, instance: str) -> KubernetesRuntime:
+    def from_cluster(
+        cls, config: KubernetesConfig, instance: str, clone_tokens: CloneTokens
+    ) -> KubernetesRuntime:
         """Use the pod's service account, or the kubeconfig outside a cluster."""
         try:
             kube_config.load_incluster_config()
@@ -97,7 +128,7 @@ class KubernetesRuntime(base.Runtime):
                 kube_config.load_kube_config()
             except (kube_config.ConfigException, OSError) as err:
                 raise ConfigError(f"no Kubernetes configuration found: {err}") from err
-        return cls(client.ApiClient(), config, instance)
+        return cls(client.ApiClient(), config, instance, clone_tokens=clone_tokens)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -111,7 +142,7 @@ class KubernetesRuntime(base.Runtime):
                 "replacing workspace of an older generation",
                 extra={"namespace": namespace, "generation": spec.generation},
             )
-            self._delete_namespace(namespace)
+            self._delete_workspace(namespace)
             return base.Status(base.Phase.STARTING, generation=spec.generation)
 
         manifests.check_source(spec.source)
@@ -119,12 +150,28 @@ class KubernetesRuntime(base.Runtime):
         if deployment is not None:
             return self._resume(spec, namespace, deployment)
 
-        # The devfile is read from the commit being run before anything is
-        # made, so a devfile that cannot be used leaves nothing behind.
+        # The devfile is read from the commit being run, and the clone token
+        # minted, before anything is made: when either cannot be had, nothing
+        # is left behind.
         shape = manifests.shape_for(
             spec, self._config, checkout.devfile_plan(spec.source, spec.devfile)
         )
-        objects = self._renderer.render(spec, started_at=self._clock(), shape=shape)
+        credential = self._mint(spec.source.path, namespace)
+        try:
+            return self._create_workspace(spec, namespace, current, shape, credential)
+        except BaseException:
+            self._revoke(spec.source.path, credential.id)
+            raise
+
+    def _create_workspace(
+        self,
+        spec: base.Spec,
+        namespace: str,
+        current: dict[str, Any] | None,
+        shape: manifests.Shape,
+        credential: CloneToken,
+    ) -> base.Status:
+        objects = self._render(spec, shape, credential)
         if current is None:
             made = self._create(
                 "namespaces", self._core.create_namespace, objects["Namespace"]
@@ -132,29 +179,57 @@ class KubernetesRuntime(base.Runtime):
             if made is None:  # created meanwhile, by another worker: ours?
                 self._read_namespace(namespace)
         deployment = self._read_deployment(namespace)
-        if deployment is None:
-            for kind in (
-                "ConfigMap",
-                "Secret",
-                "PersistentVolumeClaim",
-                "NetworkPolicy",
-                "ResourceQuota",
-                "LimitRange",
-            ):
-                self._apply(kind, objects[kind])
-            created = self._create(
-                "deployments.apps",
-                self._apps.create_namespaced_deployment,
-                objects["Deployment"],
-                namespace,
+        if deployment is not None:  # made meanwhile, with a token of its own
+            self._revoke(spec.source.path, credential.id)
+            return self._resume(spec, namespace, deployment)
+
+        for kind in (
+            "ConfigMap",
+            "Secret",
+            "PersistentVolumeClaim",
+            "NetworkPolicy",
+            "ResourceQuota",
+            "LimitRange",
+        ):
+            self._apply(kind, objects[kind])
+        created = self._create(
+            "deployments.apps",
+            self._apps.create_namespaced_deployment,
+            objects["Deployment"],
+            namespace,
+        )
+        if created is not None:
+            log.info("workspace created", extra={"namespace": namespace})
+            return base.Status(
+                base.Phase.STARTING, generation=spec.generation, notes=shape.notes
             )
-            if created is not None:
-                log.info("workspace created", extra={"namespace": namespace})
-                return base.Status(
-                    base.Phase.STARTING, generation=spec.generation, notes=shape.notes
-                )
-            deployment = self._read_deployment(namespace) or {}
+
+        # Made meanwhile, but the Secret now holds our token: keep that one.
+        deployment = self._read_deployment(namespace) or {}
+        self._hand_over(spec.source.path, namespace, deployment, credential)
         return self._resume(spec, namespace, deployment)
+
+    def _render(
+        self, spec: base.Spec, shape: manifests.Shape, credential: CloneToken | None
+    ) -> dict[str, dict[str, Any]]:
+        """The workspace's objects; with ``credential``, the Secret holds it
+        (never the bot's own token) and the Deployment remembers its id."""
+        if credential is None:
+            spec = dataclasses.replace(
+                spec, source=dataclasses.replace(spec.source, token="")
+            )
+            return self._renderer.render(spec, started_at=self._clock(), shape=shape)
+
+        source = dataclasses.replace(spec.source, token=credential.token)
+        objects = self._renderer.render(
+            dataclasses.replace(spec, source=source),
+            started_at=self._clock(),
+            shape=shape,
+        )
+        objects["Secret"].setdefault("stringData", {})["username"] = credential.username
+        annotations = objects["Deployment"]["metadata"].setdefault("annotations", {})
+        annotations[CLONE_TOKEN] = _token_record(spec.source.path, credential)
+        return objects
 
     def _resume(
         self, spec: base.Spec, namespace: str, deployment: dict[str, Any]
@@ -175,8 +250,16 @@ class KubernetesRuntime(base.Runtime):
         shape = manifests.created_shape(
             deployment, manifests.shape_for(spec, self._config, None)
         )
-        objects = self._renderer.render(spec, started_at=self._clock(), shape=shape)
-        self._start(namespace, objects, deployment)
+        cloned = _annotation(deployment, manifests.CHECKOUT) == "done"
+        # The clone has not finished: hand a fresh token.
+        credential = None if cloned else self._mint(spec.source.path, namespace)
+        objects = self._render(spec, shape, credential)
+        try:
+            self._start(spec.source.path, namespace, objects, deployment, credential)
+        except BaseException:
+            if credential is not None:
+                self._revoke(spec.source.path, credential.id)
+            raise
         return base.Status(base.Phase.STARTING, generation=spec.generation)
 
     def _post_start(
@@ -225,23 +308,29 @@ class KubernetesRuntime(base.Runtime):
         return tuple(notes)
 
     def _start(
-        self, namespace: str, objects: dict[str, Any], deployment: dict[str, Any]
+        self,
+        project: str,
+        namespace: str,
+        objects: dict[str, Any],
+        deployment: dict[str, Any],
+        credential: CloneToken | None,
     ) -> None:
-        """Scale a stopped workspace up, refreshing what may have changed since."""
+        """Scale a stopped workspace up, refreshing what may have changed since;
+        a ``credential`` replaces the clone token of an unfinished clone."""
         kinds = ["ConfigMap", "NetworkPolicy", "ResourceQuota", "LimitRange"]
-        if _annotation(deployment, manifests.CHECKOUT) != "done":
-            kinds.append("Secret")  # the clone has not finished: hand a fresh token
+        if credential is not None:
+            kinds.append("Secret")
         for kind in kinds:
             self._apply(kind, objects[kind])
+        annotations = {manifests.STARTED_AT: f"{self._clock():.3f}"}
+        if credential is not None:
+            annotations[CLONE_TOKEN] = _token_record(project, credential)
         self._patch_deployment(
             namespace,
-            {
-                "metadata": {
-                    "annotations": {manifests.STARTED_AT: f"{self._clock():.3f}"}
-                },
-                "spec": {"replicas": 1},
-            },
+            {"metadata": {"annotations": annotations}, "spec": {"replicas": 1}},
         )
+        if credential is not None:
+            self._revoke_annotated(deployment)
         log.info("workspace started", extra={"namespace": namespace})
 
     def stop(self, key: base.WorkspaceKey) -> None:
@@ -251,8 +340,15 @@ class KubernetesRuntime(base.Runtime):
     def remove(self, key: base.WorkspaceKey) -> None:
         namespace = self._renderer.namespace(key)
         if self._read_namespace(namespace) is not None:
-            self._delete_namespace(namespace)
+            self._delete_workspace(namespace)
             log.info("workspace removed", extra={"namespace": namespace})
+
+    def _delete_workspace(self, namespace: str) -> None:
+        """Delete the namespace, revoking a clone token still handed out."""
+        deployment = self._read_deployment(namespace)
+        if deployment is not None:
+            self._revoke_annotated(deployment)
+        self._delete_namespace(namespace)
 
     # -- status --------------------------------------------------------------
 
@@ -272,7 +368,7 @@ class KubernetesRuntime(base.Runtime):
         if _annotation(deployment, manifests.CHECKOUT) != "done" and any(
             diagnose.clone_finished(p) for p in pods
         ):
-            self._forget_credential(namespace)
+            self._forget_credential(namespace, deployment, cloned=True)
         ready = [p for p in pods if diagnose.is_ready(p)]
         if ready and _post_start_pending(deployment, ready[0]):
             # Ready, but not prepared: ensure_running runs the commands.
@@ -293,10 +389,19 @@ class KubernetesRuntime(base.Runtime):
             found, events, timed_out=timed_out, timeout=self._config.ready_timeout
         )
         log.info("workspace failed", extra={"namespace": namespace, "reason": reason})
+        if _annotation(deployment, CLONE_TOKEN) is not None:
+            self._forget_credential(namespace, deployment, cloned=False)
         return base.Status(base.Phase.FAILED, reason=reason, generation=generation)
 
-    def _forget_credential(self, namespace: str) -> None:
-        """The clone is done: delete its credential, and remember that we did."""
+    def _forget_credential(
+        self,
+        namespace: str,
+        deployment: dict[str, Any],
+        *,
+        cloned: bool,
+    ) -> None:
+        """The clone is done, or will not be: delete its credential, revoke the
+        token, and remember that we did."""
         self._api.call(
             "delete",
             "secrets",
@@ -306,10 +411,62 @@ class KubernetesRuntime(base.Runtime):
             namespace=namespace,
             missing_ok=True,
         )
-        self._patch_deployment(
-            namespace, {"metadata": {"annotations": {manifests.CHECKOUT: "done"}}}
+        self._revoke_annotated(deployment)
+        annotations: dict[str, str | None] = {CLONE_TOKEN: None}
+        if cloned:
+            annotations[manifests.CHECKOUT] = "done"
+        self._patch_deployment(namespace, {"metadata": {"annotations": annotations}})
+        log.info(
+            "clone credential deleted", extra={"namespace": namespace, "cloned": cloned}
         )
-        log.info("clone credential deleted", extra={"namespace": namespace})
+
+    # -- clone tokens ----------------------------------------------------------
+
+    def _mint(self, project: str, namespace: str) -> CloneToken:
+        # GitLab judges the expiry by the wall clock, whatever ours says.
+        lifetime = max(CLONE_TOKEN_LIFETIME, self._config.ready_timeout)
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime)
+        token = self._tokens.create_clone_token(
+            project, f"rwbot {namespace}", expires.replace(microsecond=0)
+        )
+        log.info(
+            "clone token created", extra={"namespace": namespace, "token_id": token.id}
+        )
+        return token
+
+    def _revoke(self, project: str, token_id: int) -> None:
+        """Revoke a clone token; one GitLab will not revoke now still expires
+        within the hour, so that is logged rather than raised."""
+        try:
+            self._tokens.revoke_clone_token(project, token_id)
+        except BotError as err:
+            log.warning(
+                "clone token not revoked",
+                extra={
+                    "project": project,
+                    "token_id": token_id,
+                    "error": str(err),
+                },
+            )
+
+    def _revoke_annotated(self, deployment: dict[str, Any]) -> None:
+        record = _token_of(deployment)
+        if record is not None:
+            self._revoke(*record)
+
+    def _hand_over(
+        self,
+        project: str,
+        namespace: str,
+        deployment: dict[str, Any],
+        credential: CloneToken,
+    ) -> None:
+        """Point the Deployment at ``credential`` and revoke the one it had."""
+        record = _token_record(project, credential)
+        self._patch_deployment(
+            namespace, {"metadata": {"annotations": {CLONE_TOKEN: record}}}
+        )
+        self._revoke_annotated(deployment)
 
     def list_ours(self) -> Iterator[base.Listed]:
         selector = manifests.owner_selector(self._instance)
@@ -559,6 +716,20 @@ class KubernetesRuntime(base.Runtime):
 def _annotation(obj: dict[str, Any], name: str) -> str | None:
     value = ((obj.get("metadata") or {}).get("annotations") or {}).get(name)
     return None if value is None else str(value)
+
+
+def _token_record(project: str, credential: CloneToken) -> str:
+    """The annotation naming a clone token: enough to revoke it, nothing more."""
+    return json.dumps({"project": project, "id": credential.id})
+
+
+def _token_of(deployment: dict[str, Any]) -> tuple[str, int] | None:
+    """The project and id of the clone token the Deployment was handed."""
+    try:
+        record = json.loads(_annotation(deployment, CLONE_TOKEN) or "null")
+        return str(record["project"]), int(record["id"])
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def _generation(obj: dict[str, Any]) -> int:

@@ -1,7 +1,8 @@
 #!/bin/sh
 # GIT_ASKPASS helper for the clone step: git asks for a user name, then for the
-# password, which is the short-lived token in the mounted credential file.
+# password. Both come from the mounted credential (a project deploy token): the
+# token in $RWBOT_CREDENTIAL_FILE, its user name in the file next to it.
 case "${1:-}" in
-    Username*) echo oauth2 ;;
+    Username*) cat "${RWBOT_CREDENTIAL_FILE%/*}/username" 2>/dev/null || true ;;
     *) cat "$RWBOT_CREDENTIAL_FILE" 2>/dev/null || true ;;
 esac

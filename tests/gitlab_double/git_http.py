@@ -2,7 +2,8 @@
 
 Clients authenticate with HTTP Basic; the password is the bot's token or an
 OAuth access token (GitLab's ``oauth2:<token>`` convention; the user name is
-not checked). Without valid credentials the answer is 401 with
+not checked), or a project deploy token with its own username
+(:mod:`.deploy_tokens`). Without valid credentials the answer is 401 with
 ``WWW-Authenticate: Basic realm="GitLab"``, so git asks its credential helper.
 Reading needs Reporter on a private project, pushing needs Developer; OAuth
 tokens also need a repository scope. A push to an MR's source branch moves
@@ -14,6 +15,7 @@ the CGI's stdin from a thread, and the CGI's stdout is streamed back.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import tempfile
 import threading
@@ -22,6 +24,7 @@ from typing import IO
 
 from flask import Blueprint, Response, request
 
+from tests.gitlab_double import deploy_tokens
 from tests.gitlab_double.api import store
 from tests.gitlab_double.repos import git_env
 from tests.gitlab_double.state import DEVELOPER, REPORTER, Project, Store, User
@@ -85,12 +88,18 @@ def rpc(repo: str, service: str) -> Response:
 
 def serve(repo: str, tail: str, *, write: bool) -> Response:
     data = store()
+    push = tail == "git-receive-pack"
     with data.lock:
+        project = data.project_by_ref(repo)
+        deploy = deploy_tokens.git_reader(data, project, write)
+        if deploy is not None and project is not None:
+            request.environ["gitlab_double.user"] = deploy
+            after = functools.partial(data.after_push, project) if push else None
+            return run_backend(data, repo, tail, deploy, after)
         user = credentials_user(data, write)
         if user is None:
             return denied()
         request.environ["gitlab_double.user"] = user.username
-        project = data.project_by_ref(repo)
         problem = access_problem(data, project, user, write) if project else ""
         if project is None or problem == "not found":
             return Response(
@@ -103,12 +112,16 @@ def serve(repo: str, tail: str, *, write: bool) -> Response:
             return Response(problem + "\n", status=403, mimetype="text/plain")
 
     pushed = project
-    after = (lambda: data.after_push(pushed)) if tail == "git-receive-pack" else None
-    return run_backend(data, repo, tail, user, after)
+    after = (lambda: data.after_push(pushed)) if push else None
+    return run_backend(data, repo, tail, user.username, after)
 
 
 def run_backend(
-    data: Store, repo: str, tail: str, user: User, after: Callable[[], None] | None
+    data: Store,
+    repo: str,
+    tail: str,
+    remote_user: str,
+    after: Callable[[], None] | None,
 ) -> Response:
     """Run ``git http-backend`` for this request and relay its answer.
 
@@ -125,7 +138,7 @@ def run_backend(
         REQUEST_METHOD=request.method,
         CONTENT_TYPE=request.headers.get("Content-Type", ""),
         CONTENT_LENGTH=str(len(body)),
-        REMOTE_USER=user.username,
+        REMOTE_USER=remote_user,
         REMOTE_ADDR=request.remote_addr or "127.0.0.1",
     )
     for header in ("Git-Protocol", "Content-Encoding"):
