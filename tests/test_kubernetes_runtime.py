@@ -9,9 +9,14 @@ reviewer provisioned with ``rwctl adduser`` whose TTY shell (``rwctl shell``,
 as the bot's terminal opens it) is their own user and follows resizes, and is
 ended with ``rwctl end``; pods that become ready later, never become ready
 (ready timeout), cannot pull their image, fail to clone, crash or cannot be
-scheduled; the clone credential (deleted after the clone, never in the shell
-container, never in .git/config — the clone script is run for real against a
-loopback git server); 403, 404, 409, 5xx and connection errors; generation
+scheduled; the clone credential: a read-only deploy token minted on the GitLab
+double (never the bot's token), good for its own repository only, deleted and
+revoked once the clone is done, when the clone fails, on a restart of an
+unfinished clone (a fresh one) and on removal, and a bot without Maintainer
+failing the workspace naming the role; never in the shell container, never in
+.git/config (the clone script is run for real against the GitLab double's git
+over HTTP with the credential handed out); 403, 404, 409, 5xx and connection
+errors; generation
 bumps; a namespace that is not ours; a lost store (the real resync removes the
 orphan namespace and keeps the wanted one); ``config_from_env``.
 Devfiles (read by the bot from the commit being run, served by the GitLab
