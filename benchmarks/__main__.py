@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from benchmarks import echo, intake, join, memory, reconcile
+from benchmarks import open as mr_open
 
 
 def main() -> int:
@@ -15,6 +16,8 @@ def main() -> int:
     status = intake.main(["--duration", "4", "--repeat", "2"])
     print("\n== reconcile pass (short run) ==", flush=True)
     status = status or reconcile.main(["--sizes", "100,1000", "--repeat", "2"])
+    print("\n== MR opened -> comment (short run) ==", flush=True)
+    status = status or mr_open.main(["--repeat", "3"])
     print("\n== join (short run) ==", flush=True)
     status = status or join.main(["--repeat", "5"])
     print("\n== keystroke echo (short run) ==", flush=True)

@@ -1,13 +1,18 @@
 """MR opened → join-link comment posted, against the runtime's own start and clone.
 
 The bot runs in-process (``tests.harness.Stack``: GitLab double, real Podman)
-with its reconciler in a background thread, as ``rwbot serve`` runs it: the
-production idle pause (0.5 s), ended early by the webhook receiver once it has
-committed a delivery. ``--no-wake`` leaves the receiver unconnected, as in a
-split install (web and ``rwbot worker`` apart), where the reconciler notices a
-new MR only at its next look. For each repetition a new merge request is
+with its reconciler in a background thread, as ``rwbot serve`` runs it, with
+the production idle pause (0.5 s). For each repetition a new merge request is
 opened and its webhook delivered; the figure is the time until the bot's
-comment says "ready" with the join link.
+comment says "ready" with the join link. Each delivery comes 0.5-1 s after the
+previous MR was ready (seeded), i.e. at a random point of the reconciler's idle
+pause. Two ways, alternating:
+
+- woken: the receiver rings the reconciler once it has committed the delivery,
+  as in ``rwbot serve`` (the headline figure);
+- not woken: the same reconciler, but the delivery goes through an app whose
+  receiver rings nothing, as in a split install (web apart from
+  ``rwbot worker``), where a new MR waits for the reconciler's next look.
 
 The baseline is what any review workspace must wait for, done bare on the same
 runtime: fetch the MR ref with git from the same GitLab double, create and start
@@ -15,14 +20,14 @@ a container from the same image, copy the checkout in with ``put_archive``.
 The difference of the medians is what the bot adds (webhook intake, store,
 claim, comment, the in-workspace tool's ``init``); the goal is at most 300 ms.
 
-Run: ``.venv/bin/python -m benchmarks.open [--repeat 10] [--no-wake]
-[--json out.json]``
+Run: ``.venv/bin/python -m benchmarks.open [--repeat 10] [--json out.json]``
 (as root, with Podman installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import tempfile
 import threading
@@ -42,12 +47,6 @@ IDLE_WAIT = 0.5
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument(
-        "--no-wake",
-        dest="wake",
-        action="store_false",
-        help="no wake-up from the receiver (a split install)",
-    )
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args(argv)
     problem = podman_problem()
@@ -58,20 +57,26 @@ def main(argv: list[str] | None = None) -> int:
     from tests import harness, services
     from tests.gitlab_double import DEVELOPER
 
+    woken: list[float] = []
+    unwoken: list[float] = []
+    bare: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rwbot-bench-open-") as tmp_name:
         tmp = Path(tmp_name)
         with _quiet_bot(tmp / "bot.log"), services.podman_service() as docker_host:
             stack = harness.Stack(docker_host, tmp)
-            stop = threading.Event()
-            wake = threading.Event() if args.wake else None
+            stop, wake = threading.Event(), threading.Event()
+
+            def app(bell: threading.Event | None) -> Any:
+                return create_app(
+                    stack.settings,
+                    store=stack.store,
+                    gitlab=stack.client,
+                    runtime=stack.runtime,
+                    wake=bell,
+                )
+
             # As rwbot serve builds it: the receiver rings the reconciler.
-            stack.app = create_app(
-                stack.settings,
-                store=stack.store,
-                gitlab=stack.client,
-                runtime=stack.runtime,
-                wake=wake,
-            )
+            ringing, silent = app(wake), app(None)
             worker = threading.Thread(
                 target=stack.reconciler.run_forever,
                 args=(stop,),
@@ -83,45 +88,55 @@ def main(argv: list[str] | None = None) -> int:
                 author = stack.gitlab.add_user("author")
                 stack.gitlab.set_member(project, author, DEVELOPER)
                 worker.start()
-                bot, bare = [], []
+                arrivals = random.Random(0)  # seeded: the same arrivals every run
                 for i in range(args.repeat + 1):  # the first is a warm-up
-                    bot_ms = _open(stack, project, author, i)
+                    stack.app = ringing
+                    _arrive(arrivals)
+                    woken_ms = _open(stack, project, author, f"w{i}")
+                    stack.app = silent
+                    _arrive(arrivals)
+                    unwoken_ms = _open(stack, project, author, f"s{i}")
                     bare_ms = _bare(stack, project, tmp / f"bare-{i}")
                     if i:
-                        bot.append(bot_ms)
+                        woken.append(woken_ms)
+                        unwoken.append(unwoken_ms)
                         bare.append(bare_ms)
                     print(
-                        f"run {i}: bot {bot_ms:.0f} ms, bare {bare_ms:.0f} ms",
+                        f"run {i}: woken {woken_ms:.0f} ms, not woken "
+                        f"{unwoken_ms:.0f} ms, bare {bare_ms:.0f} ms",
                         flush=True,
                     )
             finally:
                 stop.set()
-                if wake is not None:
-                    wake.set()
+                wake.set()
                 worker.join(timeout=10)
                 stack.close()
 
-    added = _report.median(bot) - _report.median(bare)
+    _print_and_write(args, woken, unwoken, bare)
+    return 0
+
+
+def _print_and_write(
+    args: argparse.Namespace,
+    woken: list[float],
+    unwoken: list[float],
+    bare: list[float],
+) -> None:
+    added = _report.median(woken) - _report.median(bare)
+    added_unwoken = _report.median(unwoken) - _report.median(bare)
     rows = [
-        _report.Row(
-            "open -> comment ready, median",
-            _report.median(bot),
-            _report.median(bare),
-            "ms",
-        ),
-        _report.Row(
-            "open -> comment ready, p99",
-            _report.percentile(bot, 99),
-            _report.percentile(bare, 99),
-            "ms",
-        ),
+        _report.Row(f"{name}, {stat}", figure(times), figure(bare), "ms")
+        for name, times in (("woken", woken), ("not woken", unwoken))
+        for stat, figure in (
+            ("median", _report.median),
+            ("p99", lambda xs: _report.percentile(xs, 99)),
+        )
     ]
     print()
     print(
         _report.table(
             f"MR opened -> join-link comment vs bare fetch + container start + copy; "
-            f"{args.repeat} runs; idle pause {IDLE_WAIT} s, "
-            f"{'woken by the receiver' if args.wake else 'no wake-up'}; "
+            f"{args.repeat} runs each, alternating; idle pause {IDLE_WAIT} s; "
             f"{_report.machine()['cores']} cores",
             "bare",
             rows,
@@ -129,25 +144,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     met = "met" if added <= GOAL_MS else "MISSED"
     print(
-        f"the bot adds {added:.0f} ms at the median (goal <= {GOAL_MS:.0f} ms: {met})"
+        f"woken, the bot adds {added:.0f} ms at the median "
+        f"(goal <= {GOAL_MS:.0f} ms: {met}); not woken (split install) "
+        f"{added_unwoken:.0f} ms"
     )
     _report.write_json(
         args.json,
         {
-            "bot_ms": bot,
+            "woken_ms": woken,
+            "not_woken_ms": unwoken,
             "bare_ms": bare,
             "added_ms": added,
+            "added_not_woken_ms": added_unwoken,
             "idle_wait_s": IDLE_WAIT,
-            "wake": args.wake,
             "machine": _report.machine(),
         },
     )
-    return 0
 
 
-def _open(stack: Any, project: dict[str, Any], author: dict[str, Any], i: int) -> float:
+def _arrive(arrivals: random.Random) -> None:
+    """Let the reconciler finish the previous MR's pass, then deliver at a
+    random point of its idle pause, as webhooks arrive: otherwise each delivery
+    lands while the previous pass is ending, whose next claim finds it at once
+    and hides the pause. Not timed, and not a wait for a condition: it chooses
+    when the next webhook comes."""
+    time.sleep(IDLE_WAIT + arrivals.uniform(0, IDLE_WAIT))
+
+
+def _open(
+    stack: Any, project: dict[str, Any], author: dict[str, Any], name: str
+) -> float:
     mr = stack.gitlab.open_mr(
-        project, f"feature-{i}", {"a.txt": f"{i}\n"}, author=author
+        project, f"feature-{name}", {"a.txt": f"{name}\n"}, author=author
     )
     payload = stack.gitlab.mr_hook(mr, "open")
     started = time.perf_counter()
