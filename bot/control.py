@@ -25,6 +25,7 @@ from sqlalchemy import orm
 
 from bot import accounts, audit, commands, comments, lifecycle, provision
 from bot.commands import Command, Verb
+from bot.devfile import change as devfile_change
 from bot.errors import PermanentError, TemporaryError
 from bot.gitlab import Client, Membership
 from bot.lifecycle import Desired, Phase
@@ -464,10 +465,9 @@ class Control:
                 f"comment `{self.settings.command_prefix} start`.",
             )
         key = WorkspaceKey(ws.project_id, ws.mr_iid)
+        checkout = f"{self.settings.workspace_root}/{ws.project_path}"
         source = lifecycle.checkout_source(self.settings, ws, ws.head_sha)
-        result = self.runtime.sync(
-            key, source, f"{self.settings.workspace_root}/{ws.project_path}"
-        )
+        result = self.runtime.sync(key, source, checkout)
         if result.exit_code != 0:
             return Answer(
                 FAILED,
@@ -475,9 +475,37 @@ class Control:
                 "touching local changes, so nothing was changed:\n\n"
                 f"```\n{result.output.decode(errors='replace')[-1500:]}\n```",
             )
-        ws.running_sha = ws.head_sha
+        before, ws.running_sha = ws.running_sha, ws.head_sha
         _comment_due(ws)
-        return Answer(OK, f"The checkout is now at `{ws.head_sha[:8]}`.")
+        text = f"The checkout is now at `{ws.head_sha[:8]}`."
+        if self._devfile_changed(key, checkout, before, ws.head_sha):
+            text += (
+                "\n\nThe devfile changed, but the workspace keeps the image, "
+                "limits and volumes it started with: comment "
+                f"`{self.settings.command_prefix} rebuild` to apply it."
+            )
+        return Answer(OK, text)
+
+    def _devfile_changed(
+        self, key: WorkspaceKey, checkout: str, before: str, after: str
+    ) -> bool:
+        """Whether the devfile the bot would pick differs between two commits
+        that the checkout holds; ``False`` when git cannot tell."""
+        listings = []
+        for sha in (before, after):
+            argv = ["git", "-C", checkout, "ls-tree", "-z", sha, "--"]
+            result = self.runtime.exec(key, [*argv, *devfile_change.LS_TREE_PATHS])
+            if result.exit_code != 0:
+                log.warning(
+                    "devfile comparison failed",
+                    extra={"workspace": key.slug(), "exit_code": result.exit_code},
+                )
+                return False
+            listings.append(
+                devfile_change.blobs(result.output.decode(errors="replace"))
+            )
+
+        return devfile_change.changed(*listings)
 
     def _status(self, session: orm.Session, ws: Workspace) -> str:
         lines = [

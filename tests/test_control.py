@@ -15,10 +15,10 @@ only while running; invite raises a Reporter to write and revoke locks them
 out, ending their live terminal; a Reporter author may not revoke a Maintainer;
 a revoke while stopped locks the account at the next start; a lock that fails
 is said so and tried again; sync brings new commits into a shell that stays
-open, without touching local changes, and reports a conflict; with short
-configured times, an open terminal holds off the idle stop, which follows once
-it closes, and an expired workspace is destroyed, each after a warning in the
-comment; the audit log records it all, the bot's own lifecycle actions too.
+open, without touching local changes, reports a conflict, and says when the
+devfile changed (a rebuild applies it); with short configured times, an open
+terminal holds off the idle stop, which follows once it closes, and an expired
+workspace is destroyed, each after a warning in the comment; the audit log records it all, the bot's own lifecycle actions too.
 """
 
 import datetime as dt
@@ -450,7 +450,8 @@ def test_sync_brings_new_commits_and_keeps_local_changes(stack, people, running)
     stack.deliver(stack.gitlab.mr_hook(running, "update"))
     stack.settle()
 
-    command(stack, running, users["dev"], "/workspace sync")
+    note = command(stack, running, users["dev"], "/workspace sync")
+    assert "devfile" not in replies(stack, running, note)[0]
     # The shell that was open before the sync is still there, in the checkout,
     # and sees the new commit.
     live.type_in(shell, "git log -1 --format=C%H; pwd\n")
@@ -469,6 +470,22 @@ def test_sync_brings_new_commits_and_keeps_local_changes(stack, people, running)
     note = command(stack, running, users["dev"], "/workspace sync")
     assert "local changes" in replies(stack, running, note)[0]
     assert stack.run_in(running, "cat", f"{CHECKOUT}/lib.py") == "local\n"
+
+
+def test_sync_says_a_changed_devfile_needs_a_rebuild(stack, people, running):
+    _, users = people
+    devfile = "schemaVersion: 2.2.0\ncomponents:\n  - name: tools\n"
+    devfile += f"    container:\n      image: {services.WORKSPACE_IMAGE}\n"
+    stack.gitlab.push(running, {".devfile.yaml": devfile})
+    stack.deliver(stack.gitlab.mr_hook(running, "update"))
+    stack.settle()
+
+    note = command(stack, running, users["dev"], "/workspace sync")
+
+    (reply,) = replies(stack, running, note)
+    assert "The devfile changed" in reply
+    assert "`/workspace rebuild` to apply it" in reply
+    assert stack.run_in(running, "cat", f"{CHECKOUT}/.devfile.yaml") == devfile
 
 
 @pytest.mark.stack_settings(idle_timeout=8, warn_before=4)
