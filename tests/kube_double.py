@@ -21,8 +21,8 @@ container is that container: exec is ``podman exec -i [-t]``, on a PTY of ours
 for a TTY (so a resize reaches the container's terminal as in a real terminal),
 and the kubelet's part is played too: a new pod's postStart hook runs there
 before the pod counts as ready. Without one, the command runs as a local
-subprocess in a scratch directory, for the tests that look at the files a
-command left (postStart, sync).
+subprocess in a scratch directory, for tests that need only the API traffic
+(the RBAC test runs ``true`` and ``sh``).
 
 A deleted namespace stays in phase Terminating, its content gone and new
 content refused, for :attr:`KubeDouble.terminating_gets` reads of it, as a
@@ -830,6 +830,11 @@ class _Exec:
         self._refused = b""
         self._send_lock = threading.Lock()
         self._master: int | None = None
+        self._pgid: int | None = None
+        #: A resize arrived before the command wrote anything: podman may not
+        #: have been listening for SIGWINCH yet, so it is signalled again then.
+        self._early_resize = False
+        self._wrote = False
 
     def send(self, channel: int, data: bytes) -> None:
         with self._send_lock:
@@ -934,6 +939,7 @@ class _Exec:
                 termios.TIOCSWINSZ,
                 struct.pack("HHHH", size["Height"], size["Width"], 0, 0),
             )
+            self._early_resize = not self._wrote
             os.killpg(proc.pid, signal.SIGWINCH)
 
     def _start_tty(
@@ -961,6 +967,7 @@ class _Exec:
         finally:
             os.close(slave)
         self._master = master
+        self._pgid = proc.pid
         pump = threading.Thread(target=self._pump_fd, args=(master, 1), daemon=True)
         pump.start()
         return proc, [pump]
@@ -1003,6 +1010,11 @@ class _Exec:
             if channel == 2 and self.container is not None and _not_started(data):
                 self._refused += data
                 continue
+            if not self._wrote and self._pgid is not None:
+                self._wrote = True
+                if self._early_resize:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self._pgid, signal.SIGWINCH)
             try:
                 self.send(channel, data)
             except ConnectionClosed:

@@ -22,14 +22,10 @@ orphan namespace and keeps the wanted one); ``config_from_env``.
 Devfiles (read by the bot from the commit being run, served by the GitLab
 double): image, env, limits and volumes in the Deployment, notes, an unusable
 devfile or a commit gone from the MR making nothing, postStart commands run over
-exec once the pod is ready and again in a new pod. ``sync`` sends a bundle
-through exec's stdin: new commits arrive, local changes stop it with git's
-words. User namespaces make joins ask for ``--uid auto``.
-
-TODO: the devfile postStart and ``sync`` tests still run their exec on this
-machine (the double's local mode), because they look at the files the commands
-left in a temporary directory — bind-mounting that directory into the pod's
-container would move them there too.
+exec in the pod's container once the pod is ready and again in a new pod.
+``sync`` sends a bundle through exec's stdin to a checkout the container shares
+with the test: new commits arrive, local changes stop it with git's words.
+User namespaces make joins ask for ``--uid auto``.
 """
 
 from __future__ import annotations
@@ -107,7 +103,14 @@ def double() -> Iterator[KubeDouble]:
 
 
 @pytest.fixture(scope="module")
-def pod_container() -> Iterator[str]:
+def pod_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of this machine's that the pod's container sees at the same
+    path, for checkouts the tests make and look at."""
+    return tmp_path_factory.mktemp("pod-shared")
+
+
+@pytest.fixture(scope="module")
+def pod_container(pod_shared: Path) -> Iterator[str]:
     """A rootful Podman container of the workspace image that stands in for the
     workspace container of every pod of :func:`contained`: the capabilities and
     no-new-privileges of the Deployment's securityContext, no network, and
@@ -126,6 +129,8 @@ def pod_container() -> Iterator[str]:
         "--security-opt=no-new-privileges",
         "-v",
         f"{RWCTL}:{accounts.TOOL_PATH}:ro",
+        "-v",
+        f"{pod_shared}:{pod_shared}",
         services.WORKSPACE_IMAGE,
         "sleep",
         "infinity",
@@ -731,63 +736,56 @@ def test_commit_no_longer_in_the_merge_request_is_refused(
     assert double.items("", "namespaces") == []
 
 
-def post_start_devfile(directory: Path) -> str:
-    return f"""\
+POST_START_DEVFILE = """\
 schemaVersion: 2.2.0
 components:
   - name: tools
-    container: {{image: registry.example.com/node:22}}
+    container: {image: registry.example.com/node:22}
 commands:
   - id: install
-    exec:
-      component: tools
-      commandLine: echo "installed in $(pwd)" >> started
-      workingDir: {directory}
+    exec: {component: tools, commandLine: echo "installed in $(pwd)" >> started}
   - id: broken
-    exec: {{component: tools, commandLine: exit 3, workingDir: {directory}}}
+    exec: {component: tools, commandLine: exit 3}
 events:
   postStart: [install, broken]
 """
 
 
 def test_post_start_commands_run_over_exec_once_the_pod_is_ready_in_every_pod(
-    runtime: KubernetesRuntime,
-    double: KubeDouble,
-    gitlab: GitLabDouble,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    in_pod: KubernetesRuntime, contained: KubeDouble, gitlab: GitLabDouble
 ) -> None:
-    # The double runs exec on this machine: keep the log out of /var/log.
-    monkeypatch.setattr(workspace, "POST_START_LOG", str(tmp_path / "post-start.log"))
-    devfile = post_start_devfile(tmp_path)
-    source, _ = kube_double.mr_source(gitlab, "team/ps", {".devfile.yaml": devfile})
-    double.behaviour = PodBehaviour.MANUAL
-    runtime.ensure_running(make_spec(source))
-    double.make_ready(NAMESPACE)
+    files = {".devfile.yaml": POST_START_DEVFILE}
+    source, _ = kube_double.mr_source(gitlab, "team/ps", files)
+    checkout = make_spec(source).checkout_dir  # the commands' default directory
+    log = workspace.POST_START_LOG
+    contained.behaviour = PodBehaviour.MANUAL
+    in_pod.ensure_running(make_spec(source))
+    contained.make_ready(NAMESPACE)
 
     # Ready, but not prepared until ensure_running has run the commands.
-    assert runtime.status(KEY).phase is base.Phase.STARTING
-    done = runtime.ensure_running(make_spec(source))
+    assert in_pod.status(KEY).phase is base.Phase.STARTING
+    done = in_pod.ensure_running(make_spec(source))
 
     assert done.phase is base.Phase.RUNNING
     assert done.notes == (
-        f"postStart command broken failed (exit 3); its output is in "
-        f"{tmp_path}/post-start.log",
-        f"Ran 2 postStart command(s); output in {tmp_path}/post-start.log",
+        f"postStart command broken failed (exit 3); its output is in {log}",
+        f"Ran 2 postStart command(s); output in {log}",
     )
-    assert (tmp_path / "started").read_text() == f"installed in {tmp_path}\n"
-    log = (tmp_path / "post-start.log").read_text()
-    assert log.startswith('== echo "installed in $(pwd)" >> started\n')
-    assert runtime.status(KEY).phase is base.Phase.RUNNING
-    assert runtime.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
+    started = in_pod.exec(KEY, ["cat", f"{checkout}/started"])
+    assert started == base.ExecResult(0, f"installed in {checkout}\n".encode())
+    written = in_pod.exec(KEY, ["cat", log]).output
+    assert written.startswith(b'== echo "installed in $(pwd)" >> started\n')
+    assert in_pod.status(KEY).phase is base.Phase.RUNNING
+    assert in_pod.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
 
     # A new pod has a new root filesystem: the commands run again there.
-    runtime.stop(KEY)
-    double.behaviour = PodBehaviour.READY
-    runtime.ensure_running(make_spec(source))
-    assert runtime.status(KEY).phase is base.Phase.STARTING
-    assert runtime.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
-    assert (tmp_path / "started").read_text().count("installed") == 2
+    in_pod.stop(KEY)
+    contained.behaviour = PodBehaviour.READY
+    in_pod.ensure_running(make_spec(source))
+    assert in_pod.status(KEY).phase is base.Phase.STARTING
+    assert in_pod.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
+    again = in_pod.exec(KEY, ["cat", f"{checkout}/started"]).output
+    assert again.count(b"installed") == 2
 
 
 # -- sync ------------------------------------------------------------------------------
@@ -795,19 +793,20 @@ def test_post_start_commands_run_over_exec_once_the_pod_is_ready_in_every_pod(
 
 @pytest.fixture
 def checkout(
-    runtime: KubernetesRuntime, gitlab: GitLabDouble, tmp_path: Path
+    in_pod: KubernetesRuntime, gitlab: GitLabDouble, pod_shared: Path
 ) -> tuple[base.Source, dict[str, object], Path]:
-    """A running workspace whose checkout (on this machine, where the double
-    runs exec) was cloned the way the clone step does it."""
-    source, mr = kube_double.mr_source(gitlab, f"team/sync-{tmp_path.name}")
-    dest = tmp_path / "checkout"
+    """A running workspace whose checkout was cloned the way the clone step
+    does it, where both this test and the pod's container see it."""
+    name = secrets.token_hex(4)
+    source, mr = kube_double.mr_source(gitlab, f"team/sync-{name}")
+    dest = pod_shared / f"checkout-{name}"
     git.fetch_checkout(source.url, source.ref, source.sha, source.token, dest)
-    running(runtime, source)
+    running(in_pod, source)
     return source, mr, dest
 
 
 def test_sync_brings_new_commits_through_exec_stdin(
-    runtime: KubernetesRuntime,
+    in_pod: KubernetesRuntime,
     gitlab: GitLabDouble,
     checkout: tuple[base.Source, dict[str, object], Path],
 ) -> None:
@@ -815,17 +814,18 @@ def test_sync_brings_new_commits_through_exec_stdin(
     (dest / "notes.txt").write_text("mine\n")  # untracked: left alone
     new = gitlab.push(mr, {"lib.py": "v2\n"})
 
-    result = runtime.sync(KEY, dataclasses.replace(source, sha=new), str(dest))
+    result = in_pod.sync(KEY, dataclasses.replace(source, sha=new), str(dest))
 
     assert result == base.ExecResult(0, b"")
     assert (dest / "lib.py").read_text() == "v2\n"
     assert _git("rev-parse", "HEAD", cwd=dest) == new
     assert (dest / "notes.txt").read_text() == "mine\n"
-    assert list(Path("/tmp").glob("rwbot-sync.*")) == []
+    left = in_pod.exec(KEY, ["find", "/tmp", "-name", "rwbot-sync.*"])
+    assert left == base.ExecResult(0, b"")
 
 
 def test_sync_that_would_touch_local_changes_changes_nothing_and_says_why(
-    runtime: KubernetesRuntime,
+    in_pod: KubernetesRuntime,
     gitlab: GitLabDouble,
     checkout: tuple[base.Source, dict[str, object], Path],
 ) -> None:
@@ -833,7 +833,7 @@ def test_sync_that_would_touch_local_changes_changes_nothing_and_says_why(
     (dest / "app.py").write_text("local\n")
     new = gitlab.push(mr, {"app.py": "v2\n"})
 
-    result = runtime.sync(KEY, dataclasses.replace(source, sha=new), str(dest))
+    result = in_pod.sync(KEY, dataclasses.replace(source, sha=new), str(dest))
 
     assert result.exit_code != 0
     assert b"Your local changes to the following files would be overwritten" in (
