@@ -18,6 +18,9 @@ The clone credential is a project deploy token minted for the workspace
 enters the cluster). Its id is kept in the Deployment's annotation; it is
 revoked, and the Secret deleted, once the clone has finished, when the
 workspace fails, and when the workspace is removed.
+TODO: a token minted by a worker killed before the Deployment is written is
+never revoked, only expires — recording its id on the namespace first would
+let the next attempt revoke it.
 
 A devfile in the commit is read by the bot before the Deployment is written
 (:mod:`bot.runtime.kube.checkout`) and shapes its container; its postStart
