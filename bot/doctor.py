@@ -68,8 +68,11 @@ class Check:
 # -- decisions (no I/O) --------------------------------------------------------
 
 
-def role_verdict(level: int | None, bot: str, project: str) -> tuple[Verdict, str]:
-    """Developer runs workspaces and comments; Maintainer also manages hooks."""
+def role_verdict(
+    level: int | None, bot: str, project: str, *, mints_clone_tokens: bool = False
+) -> tuple[Verdict, str]:
+    """Developer runs workspaces and comments; Maintainer also manages hooks,
+    and on Kubernetes mints each workspace's short-lived clone token."""
     if level is None:
         return (
             Verdict.FAIL,
@@ -78,6 +81,12 @@ def role_verdict(level: int | None, bot: str, project: str) -> tuple[Verdict, st
     role = ROLES.get(level, str(level))
     if level < DEVELOPER:
         return Verdict.FAIL, f"@{bot} is only {role}: make it Maintainer"
+    if level < MAINTAINER and mints_clone_tokens:
+        return (
+            Verdict.FAIL,
+            f"@{bot} is Developer: on Kubernetes each workspace clones with a "
+            "deploy token, which only a Maintainer may create: make it Maintainer",
+        )
     if level < MAINTAINER:
         return (
             Verdict.WARN,
@@ -188,7 +197,7 @@ def gitlab_token(gitlab: Client, settings: Settings) -> Check:
     )
 
 
-def project_access(gitlab: Client, ref: str) -> Check:
+def project_access(gitlab: Client, settings: Settings, ref: str) -> Check:
     name = f"access {ref}"
     bot = gitlab.whoami()
     try:
@@ -201,7 +210,10 @@ def project_access(gitlab: Client, ref: str) -> Check:
             "Maintainer",
         )
     verdict, detail = role_verdict(
-        _level(gitlab, project, bot.id), bot.username, project.path
+        _level(gitlab, project, bot.id),
+        bot.username,
+        project.path,
+        mints_clone_tokens=settings.runtime == "kubernetes",
     )
 
     return Check(name, verdict, detail)
@@ -404,7 +416,7 @@ def run(
                 )
             )
         for ref in served:
-            access = functools.partial(project_access, client, ref)
+            access = functools.partial(project_access, client, settings, ref)
             hook = functools.partial(project_hook, client, settings, ref)
             checks.append(_guarded(f"access {ref}", access))
             checks.append(_guarded(f"webhook {ref}", hook))

@@ -502,3 +502,13 @@ def test_role_verdict_by_access_level(
 
     assert got is verdict
     assert words in detail
+
+
+def test_on_kubernetes_a_developer_bot_cannot_mint_clone_tokens() -> None:
+    got, detail = doctor.role_verdict(30, "bot", "team/app", mints_clone_tokens=True)
+
+    assert got is Verdict.FAIL
+    assert "deploy token, which only a Maintainer may create" in detail
+    assert doctor.role_verdict(40, "bot", "team/app", mints_clone_tokens=True)[0] is (
+        Verdict.OK
+    )
