@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from bot import accounts, audit
-from bot.errors import PermanentError
+from bot.errors import PermanentError, TemporaryError
 from bot.gitlab import Client
 from bot.lifecycle import Phase
 from bot.runtime.base import Runtime, WorkspaceKey
@@ -211,7 +211,11 @@ def check_access(
         )
     decided = access(settings, store, gitlab, ws, person.id)
     if isinstance(decided, Refused):
-        lock(store, runtime, ws, person.id)
+        try:
+            lock(store, runtime, ws, person.id)
+        except TemporaryError as err:
+            # Refused all the same; the access sweep locks them later.
+            log.warning("lock failed", extra={"workspace": ws.id, "error": str(err)})
         raise decided
     return decided
 
@@ -311,7 +315,13 @@ def lock(store: Store, runtime: Runtime, ws: Workspace, user_id: int) -> None:
         if member is None or member.locked:
             return
         name = member.linux_name
-    runtime.exec(WorkspaceKey(ws.project_id, ws.mr_iid), accounts.lock_argv(name))
+    result = runtime.exec(
+        WorkspaceKey(ws.project_id, ws.mr_iid), accounts.lock_argv(name)
+    )
+    if result.exit_code != 0:
+        # Not recorded as locked, so the next sweep tries again.
+        audit.record(store, ws.project_id, ws.mr_iid, name, "lock", "failed")
+        raise TemporaryError(f"locking {name} failed with exit code {result.exit_code}")
     with store.session() as session:
         session.execute(
             sa.update(Member).where(Member.id == member.id).values(locked=True)

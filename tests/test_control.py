@@ -4,21 +4,22 @@ Cases: stop and start by a Developer, acknowledged with emoji and answered in
 the thread, and stop, start and restart keep the checkout and home directories;
 a Guest's command refused with the reason; help, status and who answered with
 the workspace as it is (state, commit, deadlines, who is connected, the latest
-audit entries); fork approval pinned to the approved commit (a later push is
-not run until approved again); commands in code blocks or quotes ignored; an
-edited comment not run again, and the bot's own comments not run; an unknown
-command answered with help; a command on a merged MR answered, not run; rebuild
-asks for --confirm while someone has a terminal open, then rebuilds from the
-MR's current head; destroy and start again; restart recovers a failed
-workspace; extend moves the deadlines up to a cap counted from the start, and
-only while running; invite raises a Reporter to write and revoke locks them
-out, ending their live terminal; a Reporter author may not revoke a Maintainer;
-a revoke while stopped locks the account at the next start; a lock that fails
-is said so and tried again; sync brings new commits into a shell that stays
-open, without touching local changes, reports a conflict, and says when the
-devfile changed (a rebuild applies it); with short configured times, an open
-terminal holds off the idle stop, which follows once it closes, and an expired
-workspace is destroyed, each after a warning in the comment; the audit log records it all, the bot's own lifecycle actions too.
+audit entries); fork approval pinned to the approved commit (a later push is not
+run until approved again); commands in code blocks or quotes ignored; an edited
+comment not run again, and the bot's own comments not run; an unknown command
+answered with help; a command on a merged MR answered, not run; rebuild asks for
+--confirm while someone has a terminal open, then rebuilds from the MR's current
+head; destroy and start again; restart recovers a failed workspace; extend moves
+the deadlines up to a cap counted from the start, and only while running; invite
+raises a Reporter to write and revoke locks them out, ending their live
+terminal; a Reporter author may not revoke a Maintainer; a revoke while stopped
+locks the account at the next start; a lock that fails is said so and tried
+again, by revoke and by the access sweep alike; sync brings new commits into a
+shell that stays open, without touching local changes, reports a conflict, and
+says when the devfile changed (a rebuild applies it); with short configured
+times, an open terminal holds off the idle stop, which follows once it closes,
+and an expired workspace is destroyed, each after a warning in the comment; the
+audit log records it all, the bot's own lifecycle actions too.
 """
 
 import datetime as dt
@@ -572,6 +573,29 @@ def test_a_member_who_lost_access_is_locked_by_the_sweep(stack, people, running)
     assert "\tlocked" in stack.run_in(running, "/opt/rwbot/rwctl", "users")
     actions = [e.action for e in audit.latest(stack.store, ws.project_id, ws.mr_iid)]
     assert "access lost" in actions and "join" in actions
+
+
+def test_a_sweep_whose_lock_fails_leaves_the_member_to_lock_next_time(
+    stack, people, running
+):
+    project, users = people
+    join(stack, running, users["rita"])
+    tool = "/opt/rwbot/rwctl"
+    mode = stack.run_in(running, "stat", "-c", "%a", tool).strip()
+    stack.run_in(running, "chmod", "0", tool)  # a broken image: lock cannot run
+    stack.gitlab.remove_member(project, users["rita"])
+
+    stack.reconciler.resync()
+
+    assert log(stack, running)[0] == ("rita", "lock", "failed")
+    stack.run_in(running, "chmod", mode, tool)
+    assert not locked(stack, running, "rita")
+    stack.reconciler.resync()
+    assert locked(stack, running, "rita")
+    assert log(stack, running)[:2] == [
+        ("bot", "access lost", "ok"),
+        ("rita", "lock", "ok"),
+    ]
 
 
 def test_rwbot_audit_prints_the_log(stack, people, running):
