@@ -137,12 +137,7 @@ class Stack:
         return str(notes[0]["body"])
 
     def containers(self, mr: dict[str, Any]) -> list[Any]:
-        labels = [
-            f"rwbot.instance={self.settings.instance}",
-            f"rwbot.project-id={mr['project_id']}",
-            f"rwbot.mr-iid={mr['iid']}",
-        ]
-        return self.docker.containers.list(all=True, filters={"label": labels})
+        return mr_containers(self.docker, self.settings.instance, mr)
 
     def volumes(self, mr: dict[str, Any]) -> list[Any]:
         labels = [
@@ -285,3 +280,13 @@ class BotProcess:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def mr_containers(client: Any, instance: str, mr: dict[str, Any]) -> list[Any]:
+    """Every container (running or not) of ``mr`` under the bot ``instance``."""
+    labels = [
+        f"rwbot.instance={instance}",
+        f"rwbot.project-id={mr['project_id']}",
+        f"rwbot.mr-iid={mr['iid']}",
+    ]
+    return client.containers.list(all=True, filters={"label": labels})

@@ -43,7 +43,13 @@ def terminal(
     stack: Any, project: dict[str, Any], mr: dict[str, Any], user: dict[str, Any]
 ) -> websocket.WebSocket:
     """Sign ``user`` in and open their terminal, waiting for the shell to answer."""
-    http = signed_in(stack, project, mr, user)
+    return open_terminal(stack, project, mr, signed_in(stack, project, mr, user))
+
+
+def open_terminal(
+    stack: Any, project: dict[str, Any], mr: dict[str, Any], http: requests.Session
+) -> websocket.WebSocket:
+    """Open the terminal of an already signed-in session; wait for the shell."""
     sock = websocket.create_connection(
         ws_url(stack, project, mr),
         origin=stack.url,

@@ -27,7 +27,7 @@ import websocket
 
 from bot.app import create_app
 from bot.store import Grant
-from tests import services
+from tests import live, services
 from tests.gitlab_double import DEVELOPER, GUEST, REPORTER
 from tests.live import (
     cookie_header,
@@ -297,23 +297,12 @@ def test_a_lowered_developer_reconnects_read_only_and_their_old_shell_ends(
     stack.gitlab.set_member(project, user, DEVELOPER)
     http = signed_in(stack, project, mr, user)
 
-    def connect():
-        sock = websocket.create_connection(
-            ws_url(stack, project, mr),
-            origin=stack.url,
-            cookie=cookie_header(http),
-            timeout=30,
-        )
-        type_in(sock, "echo R$((6*7))\n")
-        read_until(sock, "R42")
-        return sock
-
-    old = connect()
+    old = live.open_terminal(stack, project, mr, http)
     type_in(old, "echo w > a.txt && echo WROTE$((1+1))\n")
     read_until(old, "WROTE2")
 
     stack.gitlab.set_member(project, user, REPORTER)
-    new = connect()  # the socket only: no join page in between
+    new = live.open_terminal(stack, project, mr, http)  # no join page in between
     read_to_end(old)  # its shell carried the write group
     type_in(new, "echo x > a.txt; echo RC=$?\n")
     out = read_until(new, "RC=1")

@@ -294,12 +294,7 @@ class Split:
         return self.gitlab.open_mr(self.project, branch, {"app.py": f"# {branch}\n"})
 
     def containers(self, mr: dict[str, Any]) -> list[Any]:
-        labels = [
-            f"rwbot.instance={self.settings.instance}",
-            f"rwbot.project-id={mr['project_id']}",
-            f"rwbot.mr-iid={mr['iid']}",
-        ]
-        return self.docker.containers.list(all=True, filters={"label": labels})
+        return harness.mr_containers(self.docker, self.settings.instance, mr)
 
     def bot_notes(self, mr: dict[str, Any]) -> list[dict[str, Any]]:
         bot = self.gitlab.bot_user["id"]
