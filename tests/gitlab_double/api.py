@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlencode
@@ -262,12 +262,18 @@ def no_content() -> Response:
     return Response(status=204)
 
 
-def paginate(call: Call, items: list[dict[str, Any]]) -> Response:
+def paginate(
+    call: Call,
+    items: Sequence[Any],
+    shape: Callable[[Any], dict[str, Any]] | None = None,
+) -> Response:
     """One page of ``items`` with the headers GitLab's offset pagination sends.
 
     docs.gitlab.com/api/rest/#pagination: ``X-Page``, ``X-Per-Page``,
     ``X-Total``, ``X-Total-Pages``, ``X-Next-Page``, ``X-Prev-Page`` (empty when
     there is none) and a ``Link`` header built from the request's own URL.
+    With ``shape``, only the page's own records are turned into JSON shapes,
+    so that a page costs what it holds rather than what the list holds.
     """
     page = call.integer("page") or 1
     per_page = call.integer("per_page") or 20
@@ -277,7 +283,10 @@ def paginate(call: Call, items: list[dict[str, Any]]) -> Response:
     pages = max(math.ceil(total / per_page), 1)
     start = (page - 1) * per_page
 
-    response = jsonify(items[start : start + per_page])
+    page_items = items[start : start + per_page]
+    if shape is not None:
+        page_items = [shape(item) for item in page_items]
+    response = jsonify(list(page_items))
     next_page = page + 1 if page < pages else None
     prev_page = page - 1 if 1 < page <= pages + 1 else None
     response.headers.update(

@@ -150,7 +150,7 @@ def list_mrs(call: Call) -> Response:
         matching.append(mr)
 
     ordered = sort_records(call, matching, {"created_at", "updated_at"}, "created_at")
-    return paginate(call, [shapes.mr(call.store, mr) for mr in ordered])
+    return paginate(call, ordered, lambda mr: shapes.mr(call.store, mr))
 
 
 @route("GET", "projects/{project}/merge_requests/{merge_request_iid}")

@@ -229,6 +229,9 @@ class Store:
         self.members: dict[tuple[int, int], Member] = {}
         self.mrs: dict[tuple[int, int], MergeRequest] = {}
         self.notes: dict[int, Note] = {}
+        # The same notes by MR, in order: shaping an MR counts its notes,
+        # which must not mean reading every note of every MR.
+        self._mr_notes: dict[tuple[int, int], dict[int, Note]] = {}
         self.discussions: dict[str, Discussion] = {}
         self.emojis: dict[int, AwardEmoji] = {}
         self.hooks: dict[int, Hook] = {}
@@ -295,11 +298,7 @@ class Store:
         return member.access_level if member else 0
 
     def mr_notes(self, mr: MergeRequest) -> list[Note]:
-        return [
-            n
-            for n in self.notes.values()
-            if n.project_id == mr.project_id and n.mr_iid == mr.iid
-        ]
+        return list(self._mr_notes.get((mr.project_id, mr.iid), {}).values())
 
     def add_note(
         self,
@@ -347,12 +346,14 @@ class Store:
             updated_at=now,
         )
         self.notes[note.id] = note
+        self._mr_notes.setdefault((mr.project_id, mr.iid), {})[note.id] = note
         discussion.note_ids.append(note.id)
 
         return note
 
     def delete_note(self, note: Note) -> None:
         del self.notes[note.id]
+        del self._mr_notes[(note.project_id, note.mr_iid)][note.id]
         discussion = self.discussions[note.discussion_id]
         discussion.note_ids.remove(note.id)
         if not discussion.note_ids:
