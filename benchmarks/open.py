@@ -12,7 +12,13 @@ pause. Two ways, alternating:
   as in ``rwbot serve`` (the headline figure);
 - not woken: the same reconciler, but the delivery goes through an app whose
   receiver rings nothing, as in a split install (web apart from
-  ``rwbot worker``), where a new MR waits for the reconciler's next look.
+  ``rwbot worker``) on SQLite, where a new MR waits for the reconciler's next
+  look;
+- notified (with ``--postgres``, which puts the store on a PostgreSQL server
+  started for the run): the app rings nothing, and a ``bot.wakeup.Listener``
+  on a connection of its own wakes the reconciler when the intake's NOTIFY
+  arrives, as it wakes ``rwbot worker`` on a split install. Between its opens
+  the listener is closed, so the other two ways are what they were.
 
 The baseline is what any review workspace must wait for, done bare on the same
 runtime: fetch the MR ref with git from the same GitLab double, create and start
@@ -20,13 +26,16 @@ a container from the same image, copy the checkout in with ``put_archive``.
 The difference of the medians is what the bot adds (webhook intake, store,
 claim, comment, the in-workspace tool's ``init``); the goal is at most 300 ms.
 
-Run: ``.venv/bin/python -m benchmarks.open [--repeat 10] [--json out.json]``
+Run: ``.venv/bin/python -m benchmarks.open [--repeat 10] [--postgres]
+[--json out.json]``
 (as root, with Podman installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import random
 import sys
 import tempfile
@@ -37,6 +46,7 @@ from typing import Any
 
 from benchmarks import _report
 from benchmarks.join import _quiet_bot, podman_problem
+from bot import wakeup
 from bot.app import create_app
 
 GOAL_MS = 300.0
@@ -48,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--json", help="write every figure here")
+    parser.add_argument(
+        "--postgres", action="store_true", help="store on PostgreSQL; add notified"
+    )
     args = parser.parse_args(argv)
     problem = podman_problem()
     if problem:
@@ -59,11 +72,18 @@ def main(argv: list[str] | None = None) -> int:
 
     woken: list[float] = []
     unwoken: list[float] = []
+    notified: list[float] = []
     bare: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rwbot-bench-open-") as tmp_name:
         tmp = Path(tmp_name)
-        with _quiet_bot(tmp / "bot.log"), services.podman_service() as docker_host:
-            stack = harness.Stack(docker_host, tmp)
+        with contextlib.ExitStack() as services_up:
+            services_up.enter_context(_quiet_bot(tmp / "bot.log"))
+            docker_host = services_up.enter_context(services.podman_service())
+            extra = {}
+            if args.postgres:
+                server = services_up.enter_context(services.postgres_server())
+                extra["database_url"] = services.create_database(server)
+            stack = harness.Stack(docker_host, tmp, **extra)
             stop, wake = threading.Event(), threading.Event()
 
             def app(bell: threading.Event | None) -> Any:
@@ -96,14 +116,24 @@ def main(argv: list[str] | None = None) -> int:
                     stack.app = silent
                     _arrive(arrivals)
                     unwoken_ms = _open(stack, project, author, f"s{i}")
+                    notified_ms = math.nan
+                    if args.postgres:
+                        listener = wakeup.Listener(stack.store, wake).start()
+                        services.wait_for(lambda heard=listener: heard.connections)
+                        _arrive(arrivals)
+                        notified_ms = _open(stack, project, author, f"n{i}")
+                        listener.close()
                     bare_ms = _bare(stack, project, tmp / f"bare-{i}")
                     if i:
                         woken.append(woken_ms)
                         unwoken.append(unwoken_ms)
+                        if args.postgres:
+                            notified.append(notified_ms)
                         bare.append(bare_ms)
                     print(
                         f"run {i}: woken {woken_ms:.0f} ms, not woken "
-                        f"{unwoken_ms:.0f} ms, bare {bare_ms:.0f} ms",
+                        f"{unwoken_ms:.0f} ms, notified {notified_ms:.0f} ms, "
+                        f"bare {bare_ms:.0f} ms",
                         flush=True,
                     )
             finally:
@@ -112,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 worker.join(timeout=10)
                 stack.close()
 
-    _print_and_write(args, woken, unwoken, bare)
+    _print_and_write(args, woken, unwoken, notified, bare)
     return 0
 
 
@@ -120,13 +150,17 @@ def _print_and_write(
     args: argparse.Namespace,
     woken: list[float],
     unwoken: list[float],
+    notified: list[float],
     bare: list[float],
 ) -> None:
     added = _report.median(woken) - _report.median(bare)
     added_unwoken = _report.median(unwoken) - _report.median(bare)
+    ways = [("woken", woken), ("not woken", unwoken)]
+    if notified:
+        ways.append(("notified", notified))
     rows = [
         _report.Row(f"{name}, {stat}", figure(times), figure(bare), "ms")
-        for name, times in (("woken", woken), ("not woken", unwoken))
+        for name, times in ways
         for stat, figure in (
             ("median", _report.median),
             ("p99", lambda xs: _report.percentile(xs, 99)),
@@ -137,6 +171,7 @@ def _print_and_write(
         _report.table(
             f"MR opened -> join-link comment vs bare fetch + container start + copy; "
             f"{args.repeat} runs each, alternating; idle pause {IDLE_WAIT} s; "
+            f"store {'PostgreSQL' if args.postgres else 'SQLite'}; "
             f"{_report.machine()['cores']} cores",
             "bare",
             rows,
@@ -148,11 +183,16 @@ def _print_and_write(
         f"(goal <= {GOAL_MS:.0f} ms: {met}); not woken (split install) "
         f"{added_unwoken:.0f} ms"
     )
+    if notified:
+        added_notified = _report.median(notified) - _report.median(bare)
+        print(f"notified (split install on PostgreSQL) {added_notified:.0f} ms")
     _report.write_json(
         args.json,
         {
             "woken_ms": woken,
             "not_woken_ms": unwoken,
+            "notified_ms": notified,
+            "database": "postgresql" if args.postgres else "sqlite",
             "bare_ms": bare,
             "added_ms": added,
             "added_not_woken_ms": added_unwoken,

@@ -135,20 +135,35 @@ def build(settings: Settings) -> tuple[Settings, Any, Any, Any]:
 
 
 def work_forever(settings: Settings) -> int:
+    from bot import wakeup
     from bot.reconciler import Reconciler
 
     settings, store, gitlab, runtime = build(settings)
     stop = threading.Event()
+    # On PostgreSQL the intake's NOTIFY sets it (bot.wakeup), so a new MR is
+    # picked up at once instead of after the idle pause.
+    wake = threading.Event()
+
+    def stop_worker(*_: object) -> None:
+        stop.set()
+        wake.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("worker started")
-    Reconciler(settings, store, gitlab, runtime).run_forever(stop)
+        signal.signal(sig, stop_worker)
+    listener = wakeup.listen(store, wake)
+    log.info("worker started", extra={"woken_by_notify": listener is not None})
+    try:
+        Reconciler(settings, store, gitlab, runtime).run_forever(stop, wake=wake)
+    finally:
+        if listener is not None:
+            listener.close()
     return 0
 
 
 def serve_forever(settings: Settings, bind: str, threads: int) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from bot import wakeup
     from bot.app import create_app
     from bot.reconciler import Reconciler
 
@@ -166,6 +181,8 @@ def serve_forever(settings: Settings, bind: str, threads: int) -> int:
         # Runs inside the gunicorn worker process, after the fork: connections
         # opened by the parent (migrations) must not be shared with it.
         store.engine.dispose(close=False)
+        # Other replicas' deliveries too, on PostgreSQL.
+        wakeup.listen(store, wake)
         reconciler = Reconciler(settings, store, gitlab, runtime)
         threading.Thread(
             target=reconciler.run_forever,

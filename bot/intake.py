@@ -17,11 +17,14 @@ from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from bot import commands, hooks, lifecycle
+from bot import commands, hooks, lifecycle, wakeup
 from bot.settings import Settings
 from bot.store import CommandNote, Delivery, Store, Workspace, utcnow
 
 log = logging.getLogger(__name__)
+
+#: Outcomes of :func:`record` that leave a row due for the reconciler.
+WORK = frozenset({"applied", "queued"})
 
 
 def record(
@@ -48,6 +51,9 @@ def _record(
 ) -> str:
     with store.transaction() as conn:
         outcome, project_id, mr_iid = _apply(conn, settings, event)
+        if outcome in WORK:
+            # Heard by workers only if this transaction commits.
+            wakeup.notify(conn)
         # Inserted last, and only if the key is new: a redelivery rolls back
         # whatever _apply did, in the same round trip that detects it.
         result = conn.execute(
