@@ -5,7 +5,8 @@
 #   system packages   Podman + runc (the container runtime), debootstrap (builds the
 #                     workspace image: no registry is reachable here), PostgreSQL,
 #                     Chromium (browser tests), busybox-static (a second root fs for the
-#                     in-workspace tool), git.
+#                     in-workspace tool), git, wrk (the intake benchmark's load,
+#                     so that `make bench` works on a fresh machine too).
 #   .venv/            the bot and its test dependencies (pip install -e '.[test]').
 #   node_modules/     xterm.js for the browser terminal, from npm.
 #   build/rootfs.tar  a minimal Debian root filesystem, imported into Podman as the
@@ -17,7 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(podman runc catatonit debootstrap postgresql chromium busybox-static git tini)
+packages=(podman runc catatonit debootstrap postgresql chromium busybox-static git tini
+  wrk)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
