@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
@@ -64,10 +63,15 @@ def create_app(
     auth.init_app(app)
     terminal.init_app(app)
     receiver = webhooks.Receiver(app.wsgi_app, settings, store, wake)
-    app.wsgi_app = receiver  # type: ignore[method-assign]
     if from_environment and settings.bot_user_id is None:
-        app.wsgi_app = _LearnsBotUser(receiver, gitlab)  # type: ignore[method-assign]
+        # GitLab was down at start: the receiver asks again, in the background.
+        receiver.learn_bot_user = _whoami(gitlab)
+    app.wsgi_app = receiver  # type: ignore[method-assign]
     return app
+
+
+def _whoami(gitlab: Client) -> Callable[[], int]:
+    return lambda: gitlab.whoami().id
 
 
 def _from_environment() -> tuple[Settings, Client, Runtime]:
@@ -77,7 +81,7 @@ def _from_environment() -> tuple[Settings, Client, Runtime]:
     one line on stderr and gunicorn's exit code for a worker that cannot boot,
     on which the master stops rather than forking workers that fail the same
     way. GitLab being down is no reason not to start: ``/readyz`` reports it,
-    and the bot's user is learnt later.
+    and the receiver learns the bot's user later.
     """
     try:
         settings = settings_mod.from_env()
@@ -94,55 +98,6 @@ def _from_environment() -> tuple[Settings, Client, Runtime]:
         print(f"rwbot: {err}", file=sys.stderr, flush=True)
         raise SystemExit(Arbiter.WORKER_BOOT_ERROR) from None
     return settings, gitlab, runtime
-
-
-class _LearnsBotUser:
-    """Learns the bot's user id for the receiver when GitLab was down at start.
-
-    Until it is known, the bot's own comments cannot be told from a person's,
-    and their text (which names commands) must not be taken for commands: a
-    comment event is answered 503 then, other requests pass. GitLab is asked
-    at most once per :attr:`PAUSE` seconds.
-    """
-
-    PAUSE = 5.0
-
-    def __init__(self, receiver: webhooks.Receiver, gitlab: Client) -> None:
-        self.receiver = receiver
-        self.gitlab = gitlab
-        self._lock = threading.Lock()
-        self._next_try = 0.0
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if (
-            self.receiver.settings.bot_user_id is None
-            and environ.get("PATH_INFO") == webhooks.PATH
-            and environ.get("HTTP_X_GITLAB_EVENT") == "Note Hook"
-            and not self._learn()
-        ):
-            body = b'{"error": "GitLab unreachable, retry later"}'
-            start_response(
-                "503 Service Unavailable",
-                [("Content-Type", "application/json"), ("Retry-After", "5")],
-            )
-            return [body]
-        return self.receiver(environ, start_response)
-
-    def _learn(self) -> bool:
-        with self._lock:
-            settings = self.receiver.settings
-            if settings.bot_user_id is not None:
-                return True
-            if time.monotonic() < self._next_try:
-                return False
-            try:
-                user = self.gitlab.whoami()
-            except TemporaryError:
-                self._next_try = time.monotonic() + self.PAUSE
-                return False
-            self.receiver.settings = settings.with_overrides(bot_user_id=user.id)
-            log.info("bot user learnt", extra={"user_id": user.id})
-            return True
 
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"

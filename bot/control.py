@@ -72,6 +72,13 @@ class Control:
             self._run_note(note)
 
     def _run_note(self, note: CommandNote) -> None:
+        if note.author_id == self.settings.bot_user_id:
+            # Recorded by a web app that did not know the bot's user yet
+            # (GitLab was down when it started). Its text names commands,
+            # but it is the bot talking: never run, never answered.
+            self._update(note, finished=True)
+            log.info("own comment skipped", extra={"note": note.note_id})
+            return
         ws = self._workspace(note.workspace_id)
         if not note.acked:
             self.gitlab.award(ws.project_id, ws.mr_iid, note.note_id, "eyes")

@@ -27,15 +27,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from bot import hooks, intake
-from bot.errors import TemporaryError
+from bot.errors import BotError, TemporaryError
 from bot.settings import Settings
 from bot.store import Store
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/gitlab"
-#: Outcomes of :func:`bot.intake.record` that leave a row due for the reconciler.
-WORK = frozenset({"applied", "queued"})
+#: Seconds between two attempts to learn the bot's user id.
+LEARN_PAUSE = 5.0
 
 DELIVERIES = Counter(
     "rwbot_webhook_deliveries_total",
@@ -62,6 +62,10 @@ class Receiver:
         # Set once a delivery that gives the reconciler work is committed; a
         # reconciler in the same process (rwbot serve) waits on it when idle.
         self.wake = wake
+        # Asks GitLab for the bot's user id, if it was down at start (bot.app).
+        self.learn_bot_user: Callable[[], int] | None = None
+        self._learning = threading.Lock()
+        self._next_try = 0.0
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH or self._for_an_endpoint(environ):
@@ -109,7 +113,10 @@ class Receiver:
             DELIVERIES.labels(_label(event_name), "malformed").inc()
             return _answer(400, error=err.reason)
 
-        if _caused_by_bot(event, settings.bot_user_id):
+        # The bot's own comments are dropped here when its id is known; while
+        # it is not, they are recorded like any other and bot.control skips
+        # them (the reconciler always knows the bot's user).
+        if isinstance(event, hooks.NoteEvent) and event.author_id == self._bot_user():
             event = hooks.Ignored("caused by the bot itself")
         try:
             outcome = intake.record(self.store, settings, key, event, event_name)
@@ -117,7 +124,7 @@ class Receiver:
             DELIVERIES.labels(_label(event_name), "unavailable").inc()
             # GitLab retries later; the delivery was not stored.
             return _answer(503, error="store unavailable, retry later")
-        if outcome in WORK and self.wake is not None:
+        if outcome in intake.WORK and self.wake is not None:
             self.wake.set()
         DELIVERIES.labels(_label(event_name), outcome).inc()
         # DEBUG, not INFO: the deliveries table already keeps every delivery with
@@ -129,19 +136,34 @@ class Receiver:
         )
         return _answer(200, status=outcome)
 
+    def _bot_user(self) -> int | None:
+        """The bot's user id; while unknown, it is asked for in the background
+        (at most once per :data:`LEARN_PAUSE`), never within a request."""
+        user_id = self.settings.bot_user_id
+        if user_id is None and self.learn_bot_user is not None:
+            with self._learning:
+                if time.monotonic() >= self._next_try:
+                    self._next_try = time.monotonic() + LEARN_PAUSE
+                    threading.Thread(
+                        target=self._learn, name="learn-bot-user", daemon=True
+                    ).start()
+        return user_id
+
+    def _learn(self) -> None:
+        assert self.learn_bot_user is not None
+        try:
+            user_id = self.learn_bot_user()
+        except BotError as err:
+            log.debug("bot user not learnt", extra={"error": str(err)})
+            return
+        self.settings = self.settings.with_overrides(bot_user_id=user_id)
+        log.info("bot user learnt", extra={"user_id": user_id})
+
 
 def _answer(code: int, **fields: str) -> Response:
     response = Response(json.dumps(fields), code, mimetype="application/json")
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
-
-
-def _caused_by_bot(event: hooks.Event, bot_user_id: int | None) -> bool:
-    if bot_user_id is None:
-        return False
-    if isinstance(event, hooks.NoteEvent):
-        return event.author_id == bot_user_id
-    return False
 
 
 def _printable(header: str) -> str:

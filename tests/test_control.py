@@ -6,7 +6,9 @@ a Guest's command refused with the reason; help, status and who answered with
 the workspace as it is (state, commit, deadlines, who is connected, the latest
 audit entries); fork approval pinned to the approved commit (a later push is not
 run until approved again); commands in code blocks or quotes ignored; an edited
-comment not run again, and the bot's own comments not run; an unknown command
+comment not run again, and the bot's own comments not run, even when recorded
+by a web app that did not know the bot's user yet (a person's command next to
+it runs); an unknown command
 answered with help; a command on a merged MR answered, not run; rebuild asks for
 --confirm while someone has a terminal open, then rebuilds from the MR's current
 head; destroy and start again; restart recovers a failed workspace; extend moves
@@ -29,9 +31,10 @@ import requests
 import sqlalchemy as sa
 
 from bot import audit, provision
+from bot.app import create_app
 from bot.provision import Person
 from bot.runtime.base import WorkspaceKey
-from bot.store import Grant, utcnow
+from bot.store import CommandNote, Grant, utcnow
 from tests import live, services
 from tests.gitlab_double import DEVELOPER, GUEST, MAINTAINER, REPORTER
 
@@ -206,6 +209,38 @@ def test_commands_in_code_or_quotes_and_edited_or_bot_comments_are_not_run(
     assert emoji(stack, edited) == ["eyes", "white_check_mark"]
     assert len(replies(stack, running, edited)) == 1  # nothing new in its thread
     assert emoji(stack, bot_note) == []
+
+
+def test_with_the_bot_user_unknown_at_intake_only_peoples_commands_run(
+    stack, people, running
+):
+    _, users = people
+    # A web app that started while GitLab was down: it cannot tell the bot's
+    # comments from people's, so it records both; the reconciler can.
+    stack.app = create_app(
+        stack.settings.with_overrides(bot_user_id=None),
+        store=stack.store,
+        gitlab=stack.client,
+        runtime=stack.runtime,
+    )
+    bot_note = stack.gitlab.add_note(running, stack.gitlab.bot_user, "/workspace stop")
+    person = stack.gitlab.add_note(running, users["dev"], "/workspace help")
+    answers = [
+        stack.deliver(stack.gitlab.note_hook(note)).json()["status"]
+        for note in (bot_note, person)
+    ]
+    stack.settle()
+
+    assert answers == ["queued", "queued"]
+    assert emoji(stack, person) == ["eyes", "white_check_mark"]
+    assert "/workspace stop" in replies(stack, running, person)[0]
+    assert state(stack, running) == "running"
+    assert emoji(stack, bot_note) == [] and replies(stack, running, bot_note) == []
+    with stack.store.session() as session:
+        recorded = session.scalars(
+            sa.select(CommandNote).where(CommandNote.note_id == bot_note["id"])
+        ).one()
+    assert recorded.finished and recorded.replies == "[]"
 
 
 def test_an_unknown_command_is_answered_with_help(stack, people, running):

@@ -4,13 +4,13 @@ Cases: ``rwbot migrate`` and ``gunicorn "bot.app:create_app()"`` with a bad or
 missing variable print one line naming it and exit non-zero, without a
 traceback (and gunicorn stops instead of starting workers again); the web app
 starts while GitLab is down, reports it on ``/readyz``, records merge request
-events and refuses comment events (503) until it has learnt its own user,
-which it does once GitLab is back.
+and comment events, and learns its own user once GitLab is back.
 
 Then one installation on PostgreSQL: gunicorn serving the web app (two
 workers) and two ``rwbot worker`` processes, all logging at DEBUG. A burst of
 deliveries for several merge requests, each delivered twice, ends with exactly
-one container and one comment per merge request, posted once; a merge GitLab
+one container and one comment per merge request, posted once; each worker
+listens for the intake's notifications (bot.wakeup); a merge GitLab
 never sent a webhook for is found by the periodic resync of a running worker;
 and after a whole flow no process logged the token or the webhook secret, and
 no git command the workers ran (each one is logged at DEBUG with its exact
@@ -36,6 +36,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from bot import wakeup
 from bot.store import Store, Workspace, utcnow
 from tests import harness, services
 from tests.gitlab_double import DEVELOPER, GitLabDouble
@@ -125,7 +126,7 @@ def test_gunicorn_with_a_bad_variable_stops_with_one_line_naming_it(name, env):
     assert "Worker failed to boot" in output
 
 
-def test_the_web_app_starts_while_gitlab_is_down_and_learns_its_user_later(
+def test_the_web_app_starts_while_gitlab_is_down_records_comments_and_learns_its_user(
     docker_host, tmp_path
 ):
     gitlab = GitLabDouble().start()
@@ -149,10 +150,15 @@ def test_the_web_app_starts_while_gitlab_is_down_and_learns_its_user_later(
         note_event = _post_hook(url, "Note Hook", "note_mr_create.json", env)
 
         gitlab.set_unreachable(False)
+        # A comment event has it try again (in the background, at most every
+        # few seconds).
         services.wait_for(
-            lambda: _post_hook(url, "Note Hook", "note_mr_create.json", env).ok,
+            lambda: (
+                _post_hook(url, "Note Hook", "note_mr_create.json", env).ok
+                and "bot user learnt" in web.log()
+            ),
             timeout=30,
-            what="comment events accepted once GitLab is back",
+            what="the bot user learnt once GitLab is back",
         )
         ready_again = requests.get(f"{url}/readyz", timeout=5)
     finally:
@@ -161,10 +167,10 @@ def test_the_web_app_starts_while_gitlab_is_down_and_learns_its_user_later(
 
     assert ready.status_code == 503 and "gitlab" in ready.json()["problems"]
     assert mr_event.status_code == 200
-    # It cannot yet tell its own comments from people's: GitLab must resend.
-    assert note_event.status_code == 503
+    # Recorded even though it cannot yet tell its own comments from people's:
+    # GitLab does not resend, and the workers skip the bot's own.
+    assert note_event.status_code == 200
     assert ready_again.status_code == 200
-    assert "bot user learnt" in web.log()
     assert "Traceback" not in web.log()
 
 
@@ -322,6 +328,23 @@ def split(docker_host, postgres_url, tmp_path_factory) -> Iterator[Split]:
     installation = Split(docker_host, postgres_url, tmp_path_factory.mktemp("split"))
     yield installation
     installation.close()
+
+
+def test_each_worker_listens_for_the_intakes_notifications(split):
+    # bot.wakeup's sessions, one per worker: a delivery's NOTIFY wakes them.
+    def listening() -> int:
+        with split.store.session() as s:
+            return int(
+                s.scalar(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                        " current_database() AND application_name = :name"
+                    ),
+                    {"name": wakeup.APPLICATION_NAME},
+                )
+            )
+
+    services.wait_for(lambda: listening() == 2, what="two listening workers")
 
 
 def test_a_burst_for_several_merge_requests_gives_each_one_workspace_and_comment(

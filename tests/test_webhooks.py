@@ -5,12 +5,14 @@ the same Idempotency-Key is recognised and changes nothing; a wrong or missing
 secret is 401 and stores nothing; a bad signature is 401 when signing is on;
 malformed bodies are 400 with a reason; events the bot does not use still get
 200 (GitLab disables hooks that fail); oversized bodies are refused; comments by
-the bot itself are ignored; merge after open leaves the MR wanted gone; only
-POST is answered; the path on a workspace endpoint's host is not the bot's; a
-delivery that gives the reconciler work wakes it, after it is committed, and
-no other does; fuzzed payloads (the samples with fields replaced by anything:
-other types, NUL, unpaired surrogates, very long text, huge ids) through the
-real app on PostgreSQL only ever get 200 or 400, and a 400 stores nothing.
+the bot itself are ignored, or recorded while the bot's user is not known yet
+(then learnt in the background, never in the request); merge after open leaves
+the MR wanted gone; only POST is answered; the path on a workspace endpoint's
+host is not the bot's; a delivery that gives the reconciler work wakes it, after
+it is committed, and no other does; fuzzed payloads (the samples with fields
+replaced by anything: other types, NUL, unpaired surrogates, very long text,
+huge ids) through the real app on PostgreSQL only ever get 200 or 400, and a 400
+stores nothing.
 """
 
 import base64
@@ -146,12 +148,45 @@ def test_an_oversized_body_is_refused(store, settings):
     assert rows(store, Delivery) == []
 
 
-def test_a_note_by_the_bot_itself_is_ignored(client, store):
+def bot_command(note_id, author_id=99):
     note = json.loads(sample("note_mr_create.json"))
-    note["object_attributes"]["author_id"] = 99
-    note["user"]["id"] = 99
-    r = post(client, json.dumps(note).encode(), event="Note Hook")
+    note["object_attributes"].update(
+        id=note_id, author_id=author_id, note="/workspace stop"
+    )
+    note["user"]["id"] = author_id
+    return json.dumps(note).encode()
+
+
+def test_a_note_by_the_bot_itself_is_ignored(client, store):
+    r = post(client, bot_command(1), event="Note Hook")
     assert r.json == {"status": "ignored"}
+    assert post(client, bot_command(2, author_id=7), event="Note Hook").json == {
+        "status": "queued"
+    }
+
+
+def test_while_the_bot_user_is_unknown_its_notes_are_recorded_and_it_is_learnt(
+    store, settings
+):
+    app = create_app(
+        settings.with_overrides(bot_user_id=None), store=store, gitlab=Client(settings)
+    )
+    receiver = app.wsgi_app
+    asked = []
+
+    def whoami():
+        asked.append("whoami")
+        return 99
+
+    receiver.learn_bot_user = whoami
+    c = app.test_client()
+
+    # Recorded: the reconciler, which knows the bot's user, skips it.
+    assert post(c, bot_command(1), event="Note Hook").json == {"status": "queued"}
+    services.wait_for(lambda: receiver.settings.bot_user_id == 99, what="learnt")
+    assert post(c, bot_command(2), event="Note Hook").json == {"status": "ignored"}
+    assert asked == ["whoami"]
+    assert [n.note_id for n in rows(store, CommandNote)] == [1]
 
 
 def test_merge_after_open_leaves_the_workspace_wanted_gone(client, store):
