@@ -104,10 +104,9 @@ class Listener:
                     self.connections += 1
                     self.wake.set()
                     self._hear(conn)
-            except psycopg.Error as err:
+            except Exception as err:
                 if not failures:
-                    reason = (str(err).strip().splitlines() or ["unknown"])[0]
-                    log.warning("wake-up listener lost", extra={"error": reason})
+                    _log_loss(err)
                 failures += 1
                 pause = self.min_backoff * 2 ** min(failures - 1, 16)
                 self._closing.wait(min(pause, self.max_backoff))
@@ -135,3 +134,11 @@ class Listener:
             elif time.monotonic() - checked >= self.CHECK_EVERY:
                 conn.execute("SELECT 1")
                 checked = time.monotonic()
+
+
+def _log_loss(err: Exception) -> None:
+    if isinstance(err, psycopg.Error):
+        reason = (str(err).strip().splitlines() or ["unknown"])[0]
+        log.warning("wake-up listener lost", extra={"error": reason})
+    else:  # a bug; the worker still looks after each idle pause meanwhile
+        log.exception("wake-up listener failed")
