@@ -13,14 +13,10 @@ ourselves, so it outlives scaling either way, and a StatefulSet whose pod is
 broken needs the pod deleted by hand before a fixed template rolls out, while a
 Deployment with the Recreate strategy simply replaces it.
 
-The clone credential is a project deploy token minted for the workspace
-(``read_repository`` only, expiring within the hour; the bot's own token never
-enters the cluster). Its id is kept in the Deployment's annotation; it is
-revoked, and the Secret deleted, once the clone has finished, when the
-workspace fails, and when the workspace is removed.
-TODO: a token minted by a worker killed before the Deployment is written is
-never revoked, only expires — recording its id on the namespace first would
-let the next attempt revoke it.
+The clone credential is a short-lived deploy token, never the bot's own token
+(:mod:`bot.runtime.kube.credentials`). Exec goes through
+:mod:`bot.runtime.kube.stream`, every other API call through
+:mod:`bot.runtime.kube.cluster`.
 
 A devfile in the commit is read by the bot before the Deployment is written
 (:mod:`bot.runtime.kube.checkout`) and shapes its container; its postStart
@@ -32,23 +28,22 @@ root filesystem), and the workspace counts as running only after they have.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import json
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from kubernetes import client
 from kubernetes import config as kube_config
 
 from bot import accounts, git
-from bot.errors import BotError, ConfigError, PermanentError, TemporaryError
+from bot.errors import ConfigError, PermanentError, TemporaryError
 from bot.runtime import base, workspace
-from bot.runtime.kube import api, checkout, diagnose, manifests, stream
+from bot.runtime.kube import checkout, cluster, credentials, diagnose, manifests, stream
 from bot.runtime.kube.config import KubernetesConfig, config_from_env
+from bot.runtime.kube.credentials import CloneTokens
 
 if TYPE_CHECKING:
     from bot.gitlab import CloneToken
@@ -59,13 +54,6 @@ log = logging.getLogger(__name__)
 
 #: Oldest and newest Kubernetes minor the manifests and chart are checked against.
 SUPPORTED_KUBERNETES = ("1.29", "1.37")
-
-_PAGE = 500
-
-#: The Deployment's annotation with the id of the clone's deploy token.
-CLONE_TOKEN = "rwbot.clone-token"  # noqa: S105 - an annotation name, not a token
-#: How long a clone token lives at least; longer when the ready timeout is.
-CLONE_TOKEN_LIFETIME = 3600.0
 
 #: Runs in the postStart command's directory (a devfile's workingDir, else the
 #: checkout): exec has no working directory of its own.
@@ -86,16 +74,6 @@ _SYNC_SCRIPT = (
 )
 
 
-class CloneTokens(Protocol):
-    """Short-lived read-only credentials for a project (:class:`bot.gitlab.Client`)."""
-
-    def create_clone_token(
-        self, project: int | str, name: str, expires_at: dt.datetime
-    ) -> CloneToken: ...
-
-    def revoke_clone_token(self, project: int | str, token_id: int) -> None: ...
-
-
 class KubernetesRuntime(base.Runtime):
     """Runs workspaces in a cluster through the official client."""
 
@@ -109,13 +87,11 @@ class KubernetesRuntime(base.Runtime):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
-        self._instance = instance
-        self._tokens = clone_tokens
         self._clock = clock
-        self._core = client.CoreV1Api(api_client)
-        self._apps = client.AppsV1Api(api_client)
-        self._net = client.NetworkingV1Api(api_client)
-        self._api = api.Api()
+        self._cluster = cluster.Cluster(api_client, instance)
+        self._credentials = credentials.Credentials(
+            clone_tokens, self._cluster, config.ready_timeout
+        )
         self._exec = stream.Connector(api_client)
         self._renderer = manifests.Renderer(config, instance)
 
@@ -137,7 +113,7 @@ class KubernetesRuntime(base.Runtime):
 
     def ensure_running(self, spec: base.Spec) -> base.Status:
         namespace = self._renderer.namespace(spec.key)
-        current = self._read_namespace(namespace)
+        current = self._cluster.read_namespace(namespace)
         if current is not None and _terminating(current):
             return base.Status(base.Phase.STARTING, generation=spec.generation)
         if current is not None and _generation(current) != spec.generation:
@@ -149,7 +125,9 @@ class KubernetesRuntime(base.Runtime):
             return base.Status(base.Phase.STARTING, generation=spec.generation)
 
         manifests.check_source(spec.source)
-        deployment = None if current is None else self._read_deployment(namespace)
+        deployment = (
+            None if current is None else self._cluster.read_deployment(namespace)
+        )
         if deployment is not None:
             return self._resume(spec, namespace, deployment)
 
@@ -159,11 +137,11 @@ class KubernetesRuntime(base.Runtime):
         shape = manifests.shape_for(
             spec, self._config, checkout.devfile_plan(spec.source, spec.devfile)
         )
-        credential = self._mint(spec.source.path, namespace)
+        credential = self._credentials.mint(spec.source.path, namespace)
         try:
             return self._create_workspace(spec, namespace, current, shape, credential)
         except BaseException:
-            self._revoke(spec.source.path, credential.id)
+            self._credentials.revoke(spec.source.path, credential.id)
             raise
 
     def _create_workspace(
@@ -176,14 +154,12 @@ class KubernetesRuntime(base.Runtime):
     ) -> base.Status:
         objects = self._render(spec, shape, credential)
         if current is None:
-            made = self._create(
-                "namespaces", self._core.create_namespace, objects["Namespace"]
-            )
+            made = self._cluster.create_namespace(objects["Namespace"])
             if made is None:  # created meanwhile, by another worker: ours?
-                self._read_namespace(namespace)
-        deployment = self._read_deployment(namespace)
+                self._cluster.read_namespace(namespace)
+        deployment = self._cluster.read_deployment(namespace)
         if deployment is not None:  # made meanwhile, with a token of its own
-            self._revoke(spec.source.path, credential.id)
+            self._credentials.revoke(spec.source.path, credential.id)
             return self._resume(spec, namespace, deployment)
 
         for kind in (
@@ -194,13 +170,8 @@ class KubernetesRuntime(base.Runtime):
             "ResourceQuota",
             "LimitRange",
         ):
-            self._apply(kind, objects[kind])
-        created = self._create(
-            "deployments.apps",
-            self._apps.create_namespaced_deployment,
-            objects["Deployment"],
-            namespace,
-        )
+            self._cluster.apply(kind, objects[kind])
+        created = self._cluster.create_deployment(objects["Deployment"], namespace)
         if created is not None:
             log.info("workspace created", extra={"namespace": namespace})
             return base.Status(
@@ -208,8 +179,8 @@ class KubernetesRuntime(base.Runtime):
             )
 
         # Made meanwhile, but the Secret now holds our token: keep that one.
-        deployment = self._read_deployment(namespace) or {}
-        self._hand_over(spec.source.path, namespace, deployment, credential)
+        deployment = self._cluster.read_deployment(namespace) or {}
+        self._credentials.hand_over(spec.source.path, namespace, deployment, credential)
         return self._resume(spec, namespace, deployment)
 
     def _render(
@@ -231,7 +202,9 @@ class KubernetesRuntime(base.Runtime):
         )
         objects["Secret"].setdefault("stringData", {})["username"] = credential.username
         annotations = objects["Deployment"]["metadata"].setdefault("annotations", {})
-        annotations[CLONE_TOKEN] = _token_record(spec.source.path, credential)
+        annotations[credentials.CLONE_TOKEN] = credentials.token_record(
+            spec.source.path, credential
+        )
         return objects
 
     def _resume(
@@ -253,15 +226,17 @@ class KubernetesRuntime(base.Runtime):
         shape = manifests.created_shape(
             deployment, manifests.shape_for(spec, self._config, None)
         )
-        cloned = _annotation(deployment, manifests.CHECKOUT) == "done"
+        cloned = cluster.annotation(deployment, manifests.CHECKOUT) == "done"
         # The clone has not finished: hand a fresh token.
-        credential = None if cloned else self._mint(spec.source.path, namespace)
+        credential = (
+            None if cloned else self._credentials.mint(spec.source.path, namespace)
+        )
         objects = self._render(spec, shape, credential)
         try:
             self._start(spec.source.path, namespace, objects, deployment, credential)
         except BaseException:
             if credential is not None:
-                self._revoke(spec.source.path, credential.id)
+                self._credentials.revoke(spec.source.path, credential.id)
             raise
         return base.Status(base.Phase.STARTING, generation=spec.generation)
 
@@ -300,7 +275,7 @@ class KubernetesRuntime(base.Runtime):
             f"Ran {len(steps)} postStart command(s); output in "
             f"{workspace.POST_START_LOG}"
         )
-        self._patch_deployment(
+        self._cluster.patch_deployment(
             namespace,
             {"metadata": {"annotations": {manifests.POST_START_POD: _uid(pod)}}},
         )
@@ -324,54 +299,58 @@ class KubernetesRuntime(base.Runtime):
         if credential is not None:
             kinds.append("Secret")
         for kind in kinds:
-            self._apply(kind, objects[kind])
+            self._cluster.apply(kind, objects[kind])
         annotations = {manifests.STARTED_AT: f"{self._clock():.3f}"}
         if credential is not None:
-            annotations[CLONE_TOKEN] = _token_record(project, credential)
-        self._patch_deployment(
+            annotations[credentials.CLONE_TOKEN] = credentials.token_record(
+                project, credential
+            )
+        self._cluster.patch_deployment(
             namespace,
             {"metadata": {"annotations": annotations}, "spec": {"replicas": 1}},
         )
         if credential is not None:
-            self._revoke_annotated(deployment)
+            self._credentials.revoke_annotated(deployment)
         log.info("workspace started", extra={"namespace": namespace})
 
     def stop(self, key: base.WorkspaceKey) -> None:
         namespace = self._renderer.namespace(key)
-        self._patch_deployment(namespace, {"spec": {"replicas": 0}}, missing_ok=True)
+        self._cluster.patch_deployment(
+            namespace, {"spec": {"replicas": 0}}, missing_ok=True
+        )
 
     def remove(self, key: base.WorkspaceKey) -> None:
         namespace = self._renderer.namespace(key)
-        if self._read_namespace(namespace) is not None:
+        if self._cluster.read_namespace(namespace) is not None:
             self._delete_workspace(namespace)
             log.info("workspace removed", extra={"namespace": namespace})
 
     def _delete_workspace(self, namespace: str) -> None:
         """Delete the namespace, revoking a clone token still handed out."""
-        deployment = self._read_deployment(namespace)
+        deployment = self._cluster.read_deployment(namespace)
         if deployment is not None:
-            self._revoke_annotated(deployment)
-        self._delete_namespace(namespace)
+            self._credentials.revoke_annotated(deployment)
+        self._cluster.delete_namespace(namespace)
 
     # -- status --------------------------------------------------------------
 
     def status(self, key: base.WorkspaceKey) -> base.Status:
         namespace = self._renderer.namespace(key)
-        current = self._read_namespace(namespace)
+        current = self._cluster.read_namespace(namespace)
         if current is None or _terminating(current):
             return base.Status(base.Phase.MISSING)
         generation = _generation(current)
-        deployment = self._read_deployment(namespace)
+        deployment = self._cluster.read_deployment(namespace)
         if deployment is None:
             return base.Status(base.Phase.MISSING, generation=generation)
         if not (deployment.get("spec") or {}).get("replicas"):
             return base.Status(base.Phase.STOPPED, generation=generation)
 
-        pods = diagnose.live(self._list_pods(namespace))
-        if _annotation(deployment, manifests.CHECKOUT) != "done" and any(
+        pods = diagnose.live(self._cluster.list_pods(namespace))
+        if cluster.annotation(deployment, manifests.CHECKOUT) != "done" and any(
             diagnose.clone_finished(p) for p in pods
         ):
-            self._forget_credential(namespace, deployment, cloned=True)
+            self._credentials.forget(namespace, deployment, cloned=True)
         ready = [p for p in pods if diagnose.is_ready(p)]
         if ready and _post_start_pending(deployment, ready[0]):
             # Ready, but not prepared: ensure_running runs the commands.
@@ -380,102 +359,24 @@ class KubernetesRuntime(base.Runtime):
             return base.Status(base.Phase.RUNNING, generation=generation)
 
         found = diagnose.problem(pods)
-        started = float(_annotation(deployment, manifests.STARTED_AT) or self._clock())
+        started = float(
+            cluster.annotation(deployment, manifests.STARTED_AT) or self._clock()
+        )
         timed_out = self._clock() - started > self._config.ready_timeout
         if (found is None or not found.fatal) and not timed_out:
             return base.Status(base.Phase.STARTING, generation=generation)
 
-        events = self._list(
-            "list", "events", self._core.list_namespaced_event, namespace
-        )
+        events = self._cluster.list_events(namespace)
         reason = diagnose.reason(
             found, events, timed_out=timed_out, timeout=self._config.ready_timeout
         )
         log.info("workspace failed", extra={"namespace": namespace, "reason": reason})
-        if _annotation(deployment, CLONE_TOKEN) is not None:
-            self._forget_credential(namespace, deployment, cloned=False)
+        if cluster.annotation(deployment, credentials.CLONE_TOKEN) is not None:
+            self._credentials.forget(namespace, deployment, cloned=False)
         return base.Status(base.Phase.FAILED, reason=reason, generation=generation)
 
-    def _forget_credential(
-        self,
-        namespace: str,
-        deployment: dict[str, Any],
-        *,
-        cloned: bool,
-    ) -> None:
-        """The clone is done, or will not be: delete its credential, revoke the
-        token, and remember that we did."""
-        self._api.call(
-            "delete",
-            "secrets",
-            self._core.delete_namespaced_secret,
-            manifests.SECRET,
-            namespace,
-            namespace=namespace,
-            missing_ok=True,
-        )
-        self._revoke_annotated(deployment)
-        annotations: dict[str, str | None] = {CLONE_TOKEN: None}
-        if cloned:
-            annotations[manifests.CHECKOUT] = "done"
-        self._patch_deployment(namespace, {"metadata": {"annotations": annotations}})
-        log.info(
-            "clone credential deleted", extra={"namespace": namespace, "cloned": cloned}
-        )
-
-    # -- clone tokens ----------------------------------------------------------
-
-    def _mint(self, project: str, namespace: str) -> CloneToken:
-        # GitLab judges the expiry by the wall clock, whatever ours says.
-        lifetime = max(CLONE_TOKEN_LIFETIME, self._config.ready_timeout)
-        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime)
-        token = self._tokens.create_clone_token(
-            project, f"rwbot {namespace}", expires.replace(microsecond=0)
-        )
-        log.info(
-            "clone token created", extra={"namespace": namespace, "token_id": token.id}
-        )
-        return token
-
-    def _revoke(self, project: str, token_id: int) -> None:
-        """Revoke a clone token; one GitLab will not revoke now still expires
-        within the hour, so that is logged rather than raised."""
-        try:
-            self._tokens.revoke_clone_token(project, token_id)
-        except BotError as err:
-            log.warning(
-                "clone token not revoked",
-                extra={
-                    "project": project,
-                    "token_id": token_id,
-                    "error": str(err),
-                },
-            )
-
-    def _revoke_annotated(self, deployment: dict[str, Any]) -> None:
-        record = _token_of(deployment)
-        if record is not None:
-            self._revoke(*record)
-
-    def _hand_over(
-        self,
-        project: str,
-        namespace: str,
-        deployment: dict[str, Any],
-        credential: CloneToken,
-    ) -> None:
-        """Point the Deployment at ``credential`` and revoke the one it had."""
-        record = _token_record(project, credential)
-        self._patch_deployment(
-            namespace, {"metadata": {"annotations": {CLONE_TOKEN: record}}}
-        )
-        self._revoke_annotated(deployment)
-
     def list_ours(self) -> Iterator[base.Listed]:
-        selector = manifests.owner_selector(self._instance)
-        for item in self._list(
-            "list", "namespaces", self._core.list_namespace, label_selector=selector
-        ):
+        for item in self._cluster.our_namespaces():
             labels = (item.get("metadata") or {}).get("labels") or {}
             try:
                 key = base.WorkspaceKey(
@@ -487,13 +388,7 @@ class KubernetesRuntime(base.Runtime):
             yield base.Listed(key, _generation(item), item["metadata"]["name"])
 
     def ping(self) -> None:
-        self._api.call(
-            "list",
-            "namespaces",
-            self._core.list_namespace,
-            label_selector=manifests.owner_selector(self._instance),
-            limit=1,
-        )
+        self._cluster.ping()
 
     # -- exec ----------------------------------------------------------------
 
@@ -547,10 +442,10 @@ class KubernetesRuntime(base.Runtime):
         """The ready pod's IP; the workspace's NetworkPolicy admits the bot's
         pods (``RWBOT_K8S_BOT_NAMESPACE`` and pod labels) on every port."""
         namespace = self._renderer.namespace(key)
-        deployment = self._read_deployment(namespace)
+        deployment = self._cluster.read_deployment(namespace)
         if deployment is None or not (deployment.get("spec") or {}).get("replicas"):
             raise PermanentError("The workspace is not running.")
-        record = _annotation(deployment, base.ENDPOINTS)
+        record = cluster.annotation(deployment, base.ENDPOINTS)
         port, path = workspace.endpoint_in(record, name)
         pod = self._ready_pod(namespace)
         address = ((pod or {}).get("status") or {}).get("podIP")
@@ -566,173 +461,8 @@ class KubernetesRuntime(base.Runtime):
         return namespace, pod["metadata"]["name"]
 
     def _ready_pod(self, namespace: str) -> dict[str, Any] | None:
-        pods = diagnose.live(self._list_pods(namespace))
+        pods = diagnose.live(self._cluster.list_pods(namespace))
         return next((p for p in pods if diagnose.is_ready(p)), None)
-
-    # -- API helpers ---------------------------------------------------------
-
-    def _read_namespace(self, name: str) -> dict[str, Any] | None:
-        """The namespace if it exists; refuse one that is not this installation's,
-        so that a name clash never makes the bot adopt or delete it."""
-        found = self._api.call(
-            "get", "namespaces", self._core.read_namespace, name, missing_ok=True
-        )
-        labels = ((found or {}).get("metadata") or {}).get("labels") or {}
-        if found is not None and (
-            labels.get(base.MANAGED_BY) != base.MANAGED_BY_VALUE
-            or labels.get(base.LABEL_INSTANCE) != self._instance
-        ):
-            raise ConfigError(f"namespace {name} exists but is not this bot's")
-        return found
-
-    def _delete_namespace(self, name: str) -> None:
-        self._api.call(
-            "delete", "namespaces", self._core.delete_namespace, name, missing_ok=True
-        )
-
-    def _read_deployment(self, namespace: str) -> dict[str, Any] | None:
-        return self._api.call(
-            "get",
-            "deployments.apps",
-            self._apps.read_namespaced_deployment,
-            manifests.DEPLOYMENT,
-            namespace,
-            namespace=namespace,
-            missing_ok=True,
-        )
-
-    def _patch_deployment(
-        self, namespace: str, patch: dict[str, Any], *, missing_ok: bool = False
-    ) -> None:
-        self._api.call(
-            "patch",
-            "deployments.apps",
-            self._apps.patch_namespaced_deployment,
-            manifests.DEPLOYMENT,
-            namespace,
-            patch,
-            namespace=namespace,
-            missing_ok=missing_ok,
-        )
-
-    def _list_pods(self, namespace: str) -> list[dict[str, Any]]:
-        return self._list(
-            "list",
-            "pods",
-            self._core.list_namespaced_pod,
-            namespace,
-            label_selector=f"{manifests.APP_LABEL[0]}={manifests.APP_LABEL[1]}",
-        )
-
-    def _list(
-        self,
-        verb: str,
-        resource: str,
-        method: Callable[..., Any],
-        *args: Any,
-        **kwargs: Any,
-    ) -> list[dict[str, Any]]:
-        """Every item of a list call, following ``continue`` tokens."""
-        items: list[dict[str, Any]] = []
-        token = None
-        while True:
-            page = self._api.call(
-                verb, resource, method, *args, limit=_PAGE, _continue=token, **kwargs
-            )
-            page = page or {}
-            items.extend(page.get("items") or [])
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return items
-
-    def _create(
-        self,
-        resource: str,
-        method: Callable[..., Any],
-        body: dict[str, Any],
-        *args: Any,
-    ) -> dict[str, Any] | None:
-        """Create ``body``; ``None`` when it already exists."""
-        namespace = body["metadata"].get("namespace")
-        params = (*args, body) if args else (body,)
-        return self._api.call(
-            "create", resource, method, *params, namespace=namespace, exists_ok=True
-        )
-
-    def _apply(self, kind: str, body: dict[str, Any]) -> None:
-        """Create, or adopt what a previous attempt left: replace it with what we
-        want now. A PVC is adopted as it is (its spec is immutable once bound)."""
-        resource, create, replace = self._methods(kind)
-        namespace = body["metadata"]["namespace"]
-        if self._create(resource, create, body, namespace) is not None:
-            return
-        if replace is None:
-            return
-        self._api.call(
-            "update",
-            resource,
-            replace,
-            body["metadata"]["name"],
-            namespace,
-            body,
-            namespace=namespace,
-        )
-
-    def _methods(
-        self, kind: str
-    ) -> tuple[str, Callable[..., Any], Callable[..., Any] | None]:
-        core, net = self._core, self._net
-        return {
-            "ConfigMap": (
-                "configmaps",
-                core.create_namespaced_config_map,
-                core.replace_namespaced_config_map,
-            ),
-            "Secret": (
-                "secrets",
-                core.create_namespaced_secret,
-                core.replace_namespaced_secret,
-            ),
-            "PersistentVolumeClaim": (
-                "persistentvolumeclaims",
-                core.create_namespaced_persistent_volume_claim,
-                None,
-            ),
-            "NetworkPolicy": (
-                "networkpolicies.networking.k8s.io",
-                net.create_namespaced_network_policy,
-                net.replace_namespaced_network_policy,
-            ),
-            "ResourceQuota": (
-                "resourcequotas",
-                core.create_namespaced_resource_quota,
-                core.replace_namespaced_resource_quota,
-            ),
-            "LimitRange": (
-                "limitranges",
-                core.create_namespaced_limit_range,
-                core.replace_namespaced_limit_range,
-            ),
-        }[kind]
-
-
-def _annotation(obj: dict[str, Any], name: str) -> str | None:
-    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(name)
-    return None if value is None else str(value)
-
-
-def _token_record(project: str, credential: CloneToken) -> str:
-    """The annotation naming a clone token: enough to revoke it, nothing more."""
-    return json.dumps({"project": project, "id": credential.id})
-
-
-def _token_of(deployment: dict[str, Any]) -> tuple[str, int] | None:
-    """The project and id of the clone token the Deployment was handed."""
-    try:
-        record = json.loads(_annotation(deployment, CLONE_TOKEN) or "null")
-        return str(record["project"]), int(record["id"])
-    except (TypeError, KeyError, ValueError):
-        return None
 
 
 def _generation(obj: dict[str, Any]) -> int:
@@ -745,7 +475,7 @@ def _generation(obj: dict[str, Any]) -> int:
 
 def _post_start_pending(deployment: dict[str, Any], pod: dict[str, Any]) -> bool:
     """The devfile has postStart commands that have not run in ``pod`` yet."""
-    ran_in = _annotation(deployment, manifests.POST_START_POD)
+    ran_in = cluster.annotation(deployment, manifests.POST_START_POD)
     return bool(manifests.post_start_of(deployment)) and ran_in != _uid(pod)
 
 
