@@ -119,6 +119,11 @@ class Reconciler:
         for ws in rows:
             try:
                 self.converge(ws, worker)
+            except TemporaryError:
+                # converge answers GitLab's and the runtime's own; this is the
+                # store gone mid-pass. The loop pauses, and the rows still
+                # claimed are this worker's to claim again once it is back.
+                raise
             except Exception:
                 # A bug, not a condition we know: log it, give the row back with
                 # backoff, and go on with the other rows of this batch.

@@ -366,10 +366,17 @@ def claim(
 
     A claim is a conditional update: it succeeds only if nobody holds the row or
     the holder's lease has run out (the holder died), so two workers never work
-    on the same merge request at once.
+    on the same merge request at once. A row still held by ``worker`` itself is
+    free to it too: a worker claims only between passes, so such a claim is left
+    over from a pass whose release failed (the store went away mid-pass), and
+    waiting out the lease would only stall that merge request.
     """
     now = utcnow()
-    free = sa.or_(Workspace.claimed_until.is_(None), Workspace.claimed_until < now)
+    free = sa.or_(
+        Workspace.claimed_until.is_(None),
+        Workspace.claimed_until < now,
+        Workspace.claimed_by == worker,
+    )
     ids = session.scalars(
         sa.select(Workspace.id)
         .where(Workspace.due_at <= now, free)

@@ -4,7 +4,8 @@ fold GitLab's facts into a row.
 
 Cases: the redeemed-tickets table migrates up from 0004 (a ticket is taken once)
 and back down; a due row is claimed by exactly one worker; an expired lease lets
-another worker take over (the first was killed); a row changed by an event
+another worker take over (the first was killed); a worker claims again at once
+what a failed release left it holding; a row changed by an event
 during a pass stays due; stale and unchanged facts do not bump the row; a
 reopened MR gets a new generation; fork and draft MRs are held.
 """
@@ -82,6 +83,19 @@ def test_a_due_row_is_claimed_by_exactly_one_worker(store):
         second = claim(s, "w2", lease=60)
     assert [w.mr_iid for w in first] == [7]
     assert second == []
+
+
+def test_a_worker_claims_again_what_a_failed_release_left_it_holding(store):
+    """The store went away mid-pass, so the release never happened: the same
+    worker takes the row back at once, and nobody else before the lease ends."""
+    add(store)
+    with store.session() as s:
+        assert claim(s, "w1", lease=60)
+    with store.session() as s:
+        assert claim(s, "w2", lease=60) == []
+    with store.session() as s:
+        again = claim(s, "w1", lease=60)
+    assert [w.mr_iid for w in again] == [7]
 
 
 def test_an_expired_lease_lets_another_worker_take_over(store):
