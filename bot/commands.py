@@ -143,6 +143,18 @@ class Parsed:
     ignored: tuple[str, ...]
 
 
+#: How a command went, for its reply and the award on its comment.
+OK, REFUSED, FAILED = "ok", "refused", "failed"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A command's outcome and the reply that explains it."""
+
+    outcome: str
+    text: str
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool

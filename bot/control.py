@@ -18,30 +18,21 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from bot import accounts, audit, commands, comments, lifecycle, provision
-from bot.commands import Command, Verb
+from bot import audit, commands, comments, grants, lifecycle
+from bot.commands import FAILED, OK, REFUSED, Answer, Command, Verb
 from bot.devfile import change as devfile_change
-from bot.errors import PermanentError, TemporaryError
-from bot.gitlab import Client, Membership
+from bot.errors import PermanentError
+from bot.gitlab import Client
 from bot.lifecycle import Desired, Phase
-from bot.runtime.base import ExecResult, Runtime, WorkspaceKey
+from bot.runtime.base import Runtime, WorkspaceKey
 from bot.settings import Settings
-from bot.store import CommandNote, Grant, Member, Store, Workspace, utcnow
+from bot.store import CommandNote, Member, Store, Workspace, utcnow
 
 log = logging.getLogger(__name__)
-
-OK, REFUSED, FAILED = "ok", "refused", "failed"
-
-
-@dataclass(frozen=True)
-class Answer:
-    outcome: str
-    text: str
 
 
 class Control:
@@ -52,6 +43,7 @@ class Control:
         self.store = store
         self.gitlab = gitlab
         self.runtime = runtime
+        self.grants = grants.Grants(settings, store, gitlab, runtime)
         self.permissions: Mapping[Verb, int] = (
             {Verb(k): v for k, v in settings.command_permissions.items()}
             if settings.command_permissions
@@ -137,7 +129,8 @@ class Control:
         self, ws: Workspace, note: CommandNote, command: Command
     ) -> Answer | None:
         """An answer that refuses the command, or None if it may run."""
-        level = _active_level(self.gitlab.membership(ws.project_id, note.author_id))
+        membership = self.gitlab.membership(ws.project_id, note.author_id)
+        level = grants.active_level(membership)
         decision = commands.authorize(
             command,
             access_level=level,
@@ -213,9 +206,9 @@ class Control:
         if verb == Verb.EXTEND:
             return self._extend(ws, command)
         if verb == Verb.INVITE:
-            return self._grant(session, ws, note, command)
+            return self.grants.invite(session, ws, note, command)
         if verb == Verb.REVOKE:
-            return self._revoke(session, ws, note, command)
+            return self.grants.revoke(session, ws, note, command)
         if verb == Verb.SYNC:
             return self._sync(ws)
         return Answer(REFUSED, f"`{command.name}` is not a command.\n\n{self._help()}")
@@ -286,181 +279,6 @@ class Control:
             f"Idle stop moved to {_when(ws.stop_at)}; expiry {moved} "
             f"{_when(ws.expires_at)}{capped}.",
         )
-
-    def _grant(
-        self, session: orm.Session, ws: Workspace, note: CommandNote, command: Command
-    ) -> Answer:
-        assert command.target is not None
-        user_id = self.gitlab.user_id(command.target)
-        member = (
-            self.gitlab.membership(ws.project_id, user_id)
-            if user_id is not None
-            else None
-        )
-        if user_id is None or member is None or member.state != "active":
-            return Answer(
-                REFUSED,
-                f"@{command.target} is not a member of this "
-                "project; only members can be invited.",
-            )
-        _set_grant(
-            session,
-            ws,
-            user_id,
-            command.target,
-            command.role or "read",
-            note.author_username,
-        )
-        _comment_due(ws)
-        return Answer(
-            OK,
-            f"@{command.target} may now join with {command.role} "
-            "access (applies at their next join).",
-        )
-
-    def _revoke(
-        self, session: orm.Session, ws: Workspace, note: CommandNote, command: Command
-    ) -> Answer:
-        assert command.target is not None
-        target = f"@{command.target}"
-        user_id = self.gitlab.user_id(command.target)
-        if user_id is None:
-            return Answer(REFUSED, f"There is no user {target}.")
-        refusal = self._may_revoke(session, ws, note, user_id, target)
-        if refusal is not None:
-            return refusal
-
-        _set_grant(session, ws, user_id, command.target, "none", note.author_username)
-        _comment_due(ws)
-        member = session.scalars(
-            sa.select(Member).where(
-                Member.workspace_id == ws.id,
-                Member.gitlab_user_id == user_id,
-                Member.generation == ws.generation,
-            )
-        ).one_or_none()
-        gone = f"{target} can no longer join"
-        if member is None:
-            return Answer(OK, f"{gone}; they had not joined, so no session was ended.")
-        if member.locked:
-            return Answer(OK, f"{gone}; their account was already locked.")
-        if ws.phase != Phase.READY:
-            # The Grant row refuses them at every join; the reconciler locks
-            # the account once the workspace runs again (lock_revoked).
-            return Answer(
-                OK,
-                f"{gone}. The workspace is not running, so nobody is connected; "
-                "their account will be locked when it next starts.",
-            )
-        if not self._lock(ws, member.linux_name):
-            return Answer(
-                FAILED,
-                f"{gone}, but locking their account in the workspace failed, so "
-                "a session they have open may go on; the bot keeps trying.",
-            )
-        member.locked, member.connected = True, 0
-        return Answer(
-            OK, f"{gone}; their sessions were ended and their account locked."
-        )
-
-    def _may_revoke(
-        self,
-        session: orm.Session,
-        ws: Workspace,
-        note: CommandNote,
-        user_id: int,
-        target: str,
-    ) -> Answer | None:
-        """A refusal if the target's access is more than the commenter could
-        have given them: an author who is a Reporter locks out no Maintainer."""
-        commenter = self.gitlab.membership(ws.project_id, note.author_id)
-        member = self.gitlab.membership(ws.project_id, user_id)
-        commenter_level = _active_level(commenter)
-        target_level = _active_level(member)
-        granted = session.scalar(
-            sa.select(Grant.role).where(
-                Grant.workspace_id == ws.id, Grant.gitlab_user_id == user_id
-            )
-        )
-        role: str | None = granted if granted != "none" else None
-        if role is None and target_level is not None:
-            by_level = provision.role_for(target_level, self.settings)
-            role = by_level.value if by_level is not None else None
-        decision = commands.may_revoke(
-            target,
-            target_level,
-            role,
-            commenter_level,
-            self.settings.read_level,
-            self.settings.write_level,
-        )
-        return None if decision.allowed else Answer(REFUSED, decision.reason)
-
-    def _lock(self, ws: Workspace, linux_name: str) -> bool:
-        """Lock an account and end its processes; whether that worked. An
-        account the workspace does not have (a fresh one) counts as locked."""
-        key = WorkspaceKey(ws.project_id, ws.mr_iid)
-        try:
-            result = self.runtime.exec(key, accounts.lock_argv(linux_name))
-        except PermanentError as err:  # it stopped under us
-            result = ExecResult(-1, err.reason.encode())
-        if result.exit_code in (accounts.EXIT_OK, accounts.EXIT_REFUSED):
-            return True
-        log.warning(
-            "account lock failed",
-            extra={
-                "workspace": key.slug(),
-                "linux_name": linux_name,
-                "exit_code": result.exit_code,
-                "output": result.output.decode(errors="replace")[-300:],
-            },
-        )
-        return False
-
-    def lock_revoked(self, ws: Workspace) -> None:
-        """Lock the accounts of people revoked while the workspace was not
-        running, or whose lock failed. The reconciler calls this on every pass
-        that finds the workspace ready; a lock that fails again raises
-        :class:`TemporaryError`, so the pass is retried with backoff."""
-        with self.store.session() as session:
-            pending = session.execute(
-                sa.select(Member.id, Member.linux_name)
-                .join(
-                    Grant,
-                    sa.and_(
-                        Grant.workspace_id == Member.workspace_id,
-                        Grant.gitlab_user_id == Member.gitlab_user_id,
-                    ),
-                )
-                .where(
-                    Member.workspace_id == ws.id,
-                    Member.generation == ws.generation,
-                    Member.locked.is_(False),
-                    Grant.role == "none",
-                )
-            ).all()
-        failed = []
-        for member_id, linux_name in pending:
-            if not self._lock(ws, linux_name):
-                failed.append(linux_name)
-                continue
-            with self.store.session() as session:
-                session.execute(
-                    sa.update(Member)
-                    .where(Member.id == member_id)
-                    .values(locked=True, connected=0)
-                )
-                audit.add(
-                    session,
-                    ws.project_id,
-                    ws.mr_iid,
-                    audit.BOT,
-                    "lock",
-                    OK,
-                    f"{linux_name}: access revoked",
-                )
-        if failed:
-            raise TemporaryError(f"locking revoked accounts failed: {len(failed)}")
 
     def _sync(self, ws: Workspace) -> Answer:
         if ws.phase != Phase.READY or ws.running_sha is None:
@@ -640,13 +458,6 @@ def _connected(session: orm.Session, ws: Workspace) -> list[str]:
     ]
 
 
-def _active_level(membership: Membership | None) -> int | None:
-    """The access level of an active member; None for anyone else."""
-    if membership is None or membership.state != "active":
-        return None
-    return membership.access_level
-
-
 def _append(session: orm.Session, note: CommandNote, done: int, answer: Answer) -> None:
     replies = [*json.loads(note.replies), [answer.outcome, answer.text]]
     note.replies, note.done = json.dumps(replies), done
@@ -655,26 +466,6 @@ def _append(session: orm.Session, note: CommandNote, done: int, answer: Answer) 
         .where(CommandNote.id == note.id)
         .values(replies=note.replies, done=done)
     )
-
-
-def _set_grant(
-    session: orm.Session,
-    ws: Workspace,
-    user_id: int,
-    username: str,
-    role: str,
-    by: str,
-) -> None:
-    grant = session.scalars(
-        sa.select(Grant).where(
-            Grant.workspace_id == ws.id, Grant.gitlab_user_id == user_id
-        )
-    ).one_or_none()
-    if grant is None:
-        grant = Grant(workspace_id=ws.id, gitlab_user_id=user_id)
-        session.add(grant)
-    grant.username, grant.role, grant.granted_by = username, role, by
-    grant.created_at = utcnow()
 
 
 def _want(ws: Workspace, desired: Desired) -> None:

@@ -23,7 +23,7 @@ from bot import accounts, audit
 from bot.errors import PermanentError, TemporaryError
 from bot.gitlab import Client
 from bot.lifecycle import Phase
-from bot.runtime.base import Runtime, WorkspaceKey
+from bot.runtime.base import ExecResult, Runtime, WorkspaceKey
 from bot.settings import Settings
 from bot.store import Grant, Member, Store, Workspace, utcnow
 
@@ -315,13 +315,10 @@ def lock(store: Store, runtime: Runtime, ws: Workspace, user_id: int) -> None:
         if member is None or member.locked:
             return
         name = member.linux_name
-    result = runtime.exec(
-        WorkspaceKey(ws.project_id, ws.mr_iid), accounts.lock_argv(name)
-    )
-    if result.exit_code != 0:
+    if not lock_account(runtime, ws, name):
         # Not recorded as locked, so the next sweep tries again.
         audit.record(store, ws.project_id, ws.mr_iid, name, "lock", "failed")
-        raise TemporaryError(f"locking {name} failed with exit code {result.exit_code}")
+        raise TemporaryError(f"locking {name} failed")
     with store.session() as session:
         session.execute(
             sa.update(Member).where(Member.id == member.id).values(locked=True)
@@ -329,6 +326,29 @@ def lock(store: Store, runtime: Runtime, ws: Workspace, user_id: int) -> None:
         _comment_due(session, ws.id)
     log.info("access revoked", extra={"workspace": ws.id, "linux_name": name})
     audit.record(store, ws.project_id, ws.mr_iid, name, "lock", "ok")
+
+
+def lock_account(runtime: Runtime, ws: Workspace, linux_name: str) -> bool:
+    """Lock an account and end its processes; whether that worked. An
+    account the workspace does not have (a fresh one) counts as locked."""
+    key = WorkspaceKey(ws.project_id, ws.mr_iid)
+    try:
+        result = runtime.exec(key, accounts.lock_argv(linux_name))
+    except PermanentError as err:  # it stopped under us
+        result = ExecResult(-1, err.reason.encode())
+    if result.exit_code in (accounts.EXIT_OK, accounts.EXIT_REFUSED):
+        return True
+    log.warning(
+        "account lock failed",
+        extra={
+            "workspace": key.slug(),
+            "linux_name": linux_name,
+            "exit_code": result.exit_code,
+            "output": result.output.decode(errors="replace")[-300:],
+        },
+    )
+
+    return False
 
 
 def member_name(

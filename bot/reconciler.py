@@ -222,7 +222,7 @@ class Reconciler:
         try:
             # Revoked while it was not running, or the lock failed: lock now.
             if retry is None and ws.phase == Phase.READY:
-                self.control.lock_revoked(ws)
+                self.control.grants.lock_revoked(ws)
         except TemporaryError as err:
             retry = err
         except PermanentError as err:
