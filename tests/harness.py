@@ -25,6 +25,7 @@ from werkzeug.serving import make_server
 from bot import comments
 from bot.app import create_app
 from bot.gitlab import Client
+from bot.lifecycle import Phase
 from bot.reconciler import Reconciler
 from bot.runtime.docker import DockerRuntime
 from bot.settings import Settings
@@ -120,6 +121,21 @@ class Stack:
             return due == 0
 
         services.wait_for(settled, timeout=timeout, what="reconciler to settle")
+
+    def settle_ready(self, mr: dict[str, Any], timeout: float = 120.0) -> None:
+        """Run the reconciler until ``mr``'s workspace is ready, then settle.
+
+        A start the runtime answered with a passing error (Podman now and then
+        fails one with a 500) is due again only after its backoff, so
+        :meth:`settle` alone could return with the workspace still pending.
+        """
+
+        def ready() -> bool:
+            self.reconciler.run_once()
+            return self.row(mr).phase == Phase.READY
+
+        services.wait_for(ready, timeout=timeout, what="the workspace to be ready")
+        self.settle(timeout)
 
     # -- looking --------------------------------------------------------------
 

@@ -63,7 +63,7 @@ def running(stack, people):
         project, "feature", {"app.py": "v1\n"}, author=users["dev"]
     )
     stack.deliver(stack.gitlab.mr_hook(mr, "open"))
-    stack.settle()
+    stack.settle_ready(mr)
     return mr
 
 
@@ -406,7 +406,7 @@ def test_a_reporter_author_may_not_revoke_a_maintainer(stack, people):
         project, "feature", {"app.py": "v1\n"}, author=users["rita"]
     )
     stack.deliver(stack.gitlab.mr_hook(mr, "open"))
-    stack.settle()
+    stack.settle_ready(mr)
 
     note = command(stack, mr, users["rita"], "/workspace revoke @mia")
     assert emoji(stack, note)[-1] == "x"

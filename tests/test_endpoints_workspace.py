@@ -93,7 +93,7 @@ def workspace(stack):
     files = {".devfile.yaml": DEVFILE, "server.pl": SERVER}
     mr = stack.gitlab.open_mr(project, "feature", files, author=author)
     stack.deliver(stack.gitlab.mr_hook(mr, "open"))
-    stack.settle()
+    stack.settle_ready(mr)
     return project, mr
 
 

@@ -32,7 +32,7 @@ def workspace(stack):
         project, "feature", {"app.py": "print(1)\n"}, author=author
     )
     stack.deliver(stack.gitlab.mr_hook(mr, "open"))
-    stack.settle()
+    stack.settle_ready(mr)
     return project, mr
 
 

@@ -48,7 +48,7 @@ def workspace(stack):
     stack.gitlab.set_member(project, author, DEVELOPER)
     mr = stack.gitlab.open_mr(project, "feature", {"a.txt": "a\n"}, author=author)
     stack.deliver(stack.gitlab.mr_hook(mr, "open"))
-    stack.settle()
+    stack.settle_ready(mr)
     return project, mr
 
 
