@@ -12,6 +12,8 @@ whichever runtime runs it (:meth:`bot.runtime.base.Runtime.endpoint`).
 Forwarding streams both bodies, drops hop-by-hop headers and the bot's own
 cookies, and says who asked in ``X-Forwarded-Host/Proto/For``. The workspace's
 answer is passed on as it is: its headers are its own, the bot adds none.
+A WebSocket upgrade from the endpoint's own page becomes a byte tunnel to the
+workspace (:mod:`bot.endpoint_tunnel`) that lasts until the cookie is due.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
-from bot import audit, auth, endpoints, provision
+from bot import audit, auth, endpoint_tunnel, endpoints, provision
 from bot.errors import PermanentError, TemporaryError
 from bot.runtime.base import EndpointTarget, WorkspaceKey
 
@@ -158,17 +160,12 @@ def _endpoint_hosts() -> ResponseReturnValue | None:
     secure = settings.public_url.startswith("https://")
     if request.path == endpoints.ENTER_PATH:
         return _redeem(settings.session_secret, host, secure)
-    # TODO: WebSocket upgrades are refused — forwarding the upgraded connection
-    # both ways, as the terminal does, would let dev servers' live reload work.
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return _page(
-            "WebSocket is not supported",
-            "The bot does not forward WebSocket connections to endpoints yet.",
-            501,
-        )
     cookies = request.cookies.getlist(endpoints.cookie_name(secure))
-    if endpoints.check_cookie(settings.session_secret, cookies, host) is None:
+    visitor = endpoints.check_cookie(settings.session_secret, cookies, host)
+    if visitor is None:
         return _back_to_entry(settings.public_url, found, request.full_path)
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return _tunnel(found, host, secure, visitor)
     return _proxy(found, host, secure)
 
 
@@ -215,10 +212,10 @@ def _back_to_entry(
     return redirect(entry + "?" + urlencode({"path": path}))
 
 
-def _proxy(found: endpoints.Host, host: str, secure: bool) -> ResponseReturnValue:
+def _target(found: endpoints.Host) -> EndpointTarget | ResponseReturnValue:
     runtime = current_app.config["RWBOT_RUNTIME"]
     try:
-        target = runtime.endpoint(found.key, found.name)
+        target: EndpointTarget = runtime.endpoint(found.key, found.name)
     except PermanentError as err:
         return _page("The endpoint is not available", err.reason, 502)
     except TemporaryError:
@@ -227,6 +224,28 @@ def _proxy(found: endpoints.Host, host: str, secure: bool) -> ResponseReturnValu
             "The workspace's runtime could not be asked; try again in a moment.",
             502,
         )
+    return target
+
+
+def _no_answer(
+    found: endpoints.Host, target: EndpointTarget, err: Exception
+) -> ResponseReturnValue:
+    log.info(
+        "endpoint did not answer",
+        extra={"workspace": found.key.slug(), "error": type(err).__name__},
+    )
+    return _page(
+        "The endpoint did not answer",
+        f"Nothing in the workspace answered on port {target.port}. Is the "
+        "server running?",
+        502,
+    )
+
+
+def _proxy(found: endpoints.Host, host: str, secure: bool) -> ResponseReturnValue:
+    target = _target(found)
+    if not isinstance(target, EndpointTarget):
+        return target
     length = request.content_length
     if length is not None and length > MAX_BODY:
         return _page("Too large", "The request body is too large.", 413)
@@ -245,16 +264,7 @@ def _proxy(found: endpoints.Host, host: str, secure: bool) -> ResponseReturnValu
     except _TooLarge:
         return _page("Too large", "The request body is too large.", 413)
     except requests.RequestException as err:
-        log.info(
-            "endpoint did not answer",
-            extra={"workspace": found.key.slug(), "error": type(err).__name__},
-        )
-        return _page(
-            "The endpoint did not answer",
-            f"Nothing in the workspace answered on port {target.port}. Is the "
-            "server running?",
-            502,
-        )
+        return _no_answer(found, target, err)
 
     g.rwbot_proxied = True  # the workspace's headers are its own
     headers = [
@@ -271,13 +281,73 @@ def _proxy(found: endpoints.Host, host: str, secure: bool) -> ResponseReturnValu
     return response
 
 
-def _url(target: EndpointTarget) -> str:
-    address = f"[{target.host}]" if ":" in target.host else target.host
+def _tunnel(
+    found: endpoints.Host, host: str, secure: bool, visitor: endpoints.Visitor
+) -> ResponseReturnValue:
+    """A WebSocket for the workspace (:mod:`bot.endpoint_tunnel`). Only a page
+    of this very host may open one: every endpoint host shares the endpoints
+    domain, so to a browser a neighbouring workspace's page is *same-site*, and
+    its WebSocket would carry this host's cookie along — and, unlike a fetch,
+    be free to read the answers. The connection ends when the cookie is due
+    for its access check; the page's client then reconnects through it."""
+    settings = current_app.config["RWBOT_SETTINGS"]
+    if request.headers.get("Origin") != _origin(settings.public_url, host):
+        return _page(
+            "You cannot open this connection",
+            "Only a page of this endpoint may open its WebSocket connections.",
+            403,
+        )
+    viewer = endpoint_tunnel.client_socket(request.environ)
+    if viewer is None:
+        return _page(
+            "WebSocket is not supported here",
+            "The web server the bot runs in cannot hand connections over.",
+            501,
+        )
+    target = _target(found)
+    if not isinstance(target, EndpointTarget):
+        return target
+
+    headers = _forwarded_headers(host, secure)
+    headers["Connection"] = "Upgrade"
+    headers["Upgrade"] = request.headers["Upgrade"]
+    try:
+        upstream, status, head = endpoint_tunnel.handshake(target, _raw(), headers)
+    except (OSError, endpoint_tunnel.Unanswered, ValueError) as err:
+        return _no_answer(found, target, err)
+    if status != 101:
+        upstream.close()
+        return _page(
+            "The endpoint refused the connection",
+            f"The workspace's server answered the WebSocket request with {status}.",
+            status if 400 <= status < 600 else 502,
+        )
+
+    fields = {"workspace": found.key.slug(), "endpoint": found.name}
+    log.info("endpoint websocket opened", extra={**fields, "user_id": visitor.user_id})
+    try:
+        viewer.sendall(head)
+    except OSError:
+        upstream.close()
+        endpoint_tunnel.hang_up(viewer)
+    else:
+        copied = endpoint_tunnel.splice(viewer, upstream, visitor.due)
+        log.info("endpoint websocket closed", extra={**fields, "bytes": copied})
+    return endpoint_tunnel.TakenOver()
+
+
+def _raw() -> str:
+    """The path and query as the viewer sent them, where the server kept them."""
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     if not isinstance(raw, str) or not raw.startswith("/"):
         query = request.query_string.decode("latin-1")
         raw = request.path + (f"?{query}" if query else "")
-    return f"http://{address}:{target.port}{raw}"
+    return raw
+
+
+def _url(target: EndpointTarget) -> str:
+    address = f"[{target.host}]" if ":" in target.host else target.host
+    return f"http://{address}:{target.port}{_raw()}"
 
 
 def _forwarded_headers(host: str, secure: bool) -> dict[str, str]:

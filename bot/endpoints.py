@@ -242,10 +242,19 @@ def issue_cookie(secret: str, host: str, user_id: int, now: float | None = None)
     return URLSafeSerializer(secret, salt=_COOKIE_SALT).dumps(payload)
 
 
+@dataclass(frozen=True)
+class Visitor:
+    """Who a good cookie lets in, and until when."""
+
+    user_id: int
+    #: When their access must be checked again (seconds since the epoch).
+    due: float
+
+
 def check_cookie(
     secret: str, values: Iterable[str], host: str, now: float | None = None
-) -> int | None:
-    """The user id of the first of ``values`` that is good for ``host`` now;
+) -> Visitor | None:
+    """The visitor of the first of ``values`` that is good for ``host`` now;
     None means the viewer must go back through the entry route."""
     now = now if now is not None else time.time()
     for value in values:
@@ -253,9 +262,10 @@ def check_cookie(
         if data is None or data.get("h") != host:
             continue
         checked, user_id = data.get("t"), data.get("u")
-        fresh = isinstance(checked, int) and 0 <= now - checked <= RECHECK_SECONDS
-        if fresh and isinstance(user_id, int):
-            return user_id
+        if not isinstance(checked, int) or not isinstance(user_id, int):
+            continue
+        if 0 <= now - checked <= RECHECK_SECONDS:
+            return Visitor(user_id, checked + RECHECK_SECONDS)
     return None
 
 

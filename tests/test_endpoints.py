@@ -231,7 +231,9 @@ def test_the_resync_forgets_tickets_once_they_expired(store):
 def test_a_cookie_of_workspace_a_is_refused_on_workspace_b():
     cookie = endpoints.issue_cookie(SECRET, A, 42, now=1000)
 
-    assert endpoints.check_cookie(SECRET, [cookie], A, now=1001) == 42
+    assert endpoints.check_cookie(SECRET, [cookie], A, now=1001) == endpoints.Visitor(
+        42, 1000 + endpoints.RECHECK_SECONDS
+    )
     assert endpoints.check_cookie(SECRET, [cookie], B, now=1001) is None
 
 
@@ -244,7 +246,7 @@ def test_a_cookie_is_sent_back_for_an_access_check_after_the_interval():
 def test_a_planted_cookie_does_not_shadow_the_hosts_own():
     planted = endpoints.issue_cookie(SECRET, B, 666, now=1000)
     own = endpoints.issue_cookie(SECRET, A, 42, now=1000)
-    assert endpoints.check_cookie(SECRET, [planted, own], A, now=1000) == 42
+    assert endpoints.check_cookie(SECRET, [planted, own], A, now=1000).user_id == 42
 
 
 def test_a_ticket_is_no_cookie_and_a_cookie_no_ticket():

@@ -9,19 +9,26 @@ through the entry route, redeems the ticket on the endpoint's own host and gets
 the workspace's page, with hop-by-hop headers and the bot's cookies dropped and
 X-Forwarded-* set, and a request body passed through; the ticket cannot be used
 twice; ``status`` links the endpoint too; the cookie does not open another
-workspace's endpoint host; WebSocket upgrades and oversized bodies are answered
-clearly; a signed-out viewer is sent to sign in and a Guest is refused; after
-``/workspace stop`` the proxy answers 502.
+workspace's endpoint host; oversized bodies are answered clearly; a WebSocket
+opened by the endpoint's own page reaches the workspace's server (which speaks
+RFC 6455 in perl too) with its subprotocol, messages both ways and the closing
+handshake, while one from a neighbouring endpoint's page, the bot's own page,
+no page at all or without the cookie is refused, and one lasts no longer than
+its cookie's access check; a signed-out viewer is sent to sign in and a Guest
+is refused; after ``/workspace stop`` the proxy answers 502.
 """
 
 import http.client
+import time
 import uuid
 from urllib.parse import urljoin, urlsplit
 
 import docker
 import pytest
 import requests
+import websocket
 
+from bot import endpoints
 from tests import harness, services
 from tests.gitlab_double import DEVELOPER, GUEST, REPORTER
 
@@ -29,11 +36,15 @@ DOMAIN = "endpoints.test"
 
 SERVER = r"""
 use IO::Socket::INET;
+use Digest::SHA qw(sha1_base64);
+$SIG{CHLD} = 'IGNORE';
 my $s = IO::Socket::INET->new(LocalPort => 8080, Listen => 10, ReuseAddr => 1)
     or die "listen: $!";
 while (my $c = $s->accept) {
+    if (fork) { close $c; next; }
     my $head = "";
     while (my $line = <$c>) { $head .= $line; last if $line eq "\r\n"; }
+    if ($head =~ /^Upgrade: *websocket/mi) { websocket($c, $head); exit; }
     my ($len) = $head =~ /^Content-Length: *(\d+)/mi;
     my $body = "";
     read($c, $body, $len) if $len;
@@ -41,6 +52,38 @@ while (my $c = $s->accept) {
     print $c "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
         . "Content-Length: " . length($out) . "\r\n\r\n$out";
     close $c;
+    exit;
+}
+
+# RFC 6455 as a dev server's live reload speaks it: a greeting naming the path
+# (sent with the handshake's answer), then each message echoed.
+sub websocket {
+    my ($c, $head) = @_;
+    my ($path) = $head =~ /^GET (\S+)/;
+    my ($key) = $head =~ /^Sec-WebSocket-Key: *(\S+)/mi;
+    my $accept = sha1_base64($key . "258EAFA5-E914-47DA-95CA-C5AB0DC85B11") . "=";
+    my $proto = $head =~ /^Sec-WebSocket-Protocol:.*\becho\b/mi
+        ? "Sec-WebSocket-Protocol: echo\r\n" : "";
+    print $c "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        . "Connection: Upgrade\r\nSec-WebSocket-Accept: $accept\r\n$proto\r\n"
+        . frame(1, "hello $path");
+    while (read($c, my $h, 2) == 2) {
+        my ($op, $len) = (ord($h) & 15, ord(substr($h, 1)) & 127);
+        if ($len == 126) { read($c, my $l, 2); $len = unpack("n", $l); }
+        read($c, my $mask, 4);
+        my $data = "";
+        read($c, $data, $len) if $len;
+        $data ^= substr($mask x ($len / 4 + 1), 0, $len);
+        if ($op == 8) { print $c frame(8, $data); last; }
+        print $c frame($op, "echo $data");
+    }
+}
+
+sub frame {
+    my ($op, $data) = @_;
+    my $len = length $data;
+    return pack("CC", 0x80 | $op, $len) . $data if $len < 126;
+    return pack("CCn", 0x80 | $op, 126, $len) . $data;
 }
 """
 
@@ -172,8 +215,6 @@ def test_a_reporter_gets_the_workspace_page_on_the_endpoints_own_host(stack, wor
     r = on_endpoint(stack, other, cookie=cookie)
     assert r.status_code == 302 and "/endpoints/web" in r.headers["Location"]
 
-    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
-    assert on_endpoint(stack, page, cookie=cookie, headers=upgrade).status_code == 501
     assert _post_announcing(stack, host, cookie, 26 * 1024 * 1024) == 413
 
     dev = stack.gitlab.add_user("dev")
@@ -189,6 +230,89 @@ def test_a_reporter_gets_the_workspace_page_on_the_endpoints_own_host(stack, wor
     stack.settle()
     r = on_endpoint(stack, page, cookie=cookie)
     assert r.status_code == 502 and "not running" in r.text
+
+
+def test_a_websocket_from_the_endpoints_own_page_reaches_the_workspace(
+    stack, workspace
+):
+    project, mr = workspace
+    _, host, cookie = reporter_on_endpoint(stack, project, mr)
+    page = f"http://{host}/"
+    services.wait_for(
+        lambda: _ok(on_endpoint(stack, page, cookie=cookie)),
+        timeout=30,
+        what="the workspace's server to answer through the bot",
+    )
+
+    live = open_websocket(stack, host, "/live?x=1", cookie, origin=page[:-1])
+    assert live.getsubprotocol() == "echo"
+    assert live.recv() == "hello /live?x=1"  # came with the handshake's answer
+    live.send("ping")
+    assert live.recv() == "echo ping"
+    big = bytes(range(256)) * 234  # several reads and writes on the way
+    live.send_binary(big)
+    assert live.recv() == b"echo " + big
+    live.close()  # the closing handshake goes through too
+
+    neighbour = f"http://web--p{project['id']}-mr{mr['iid'] + 1}.{DOMAIN}"
+    port = urlsplit(stack.url).port
+    for origin in (f"{neighbour}:{port}", stack.url, None):
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            open_websocket(stack, host, "/live", cookie, origin=origin)
+        assert refused.value.status_code == 403
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Origin": page[:-1],
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    r = on_endpoint(stack, f"{page}live", headers=upgrade)  # no cookie
+    assert r.status_code == 302  # to the entry route and its access check
+    assert r.headers["Location"].startswith(entry_url(stack, project, mr))
+
+
+def test_a_websocket_ends_when_its_access_check_is_due(stack, workspace):
+    project, mr = workspace
+    rita, host, _ = reporter_on_endpoint(stack, project, mr)
+    secret = stack.settings.session_secret
+    name = host.rsplit(":", 1)[0]
+    checked = (
+        int(time.time()) - endpoints.RECHECK_SECONDS + 20
+    )  # as the cookie keeps it
+    due_soon = endpoints.issue_cookie(secret, name, rita["id"], now=checked)
+    cookie = f"{endpoints.cookie_name(False)}={due_soon}"
+    services.wait_for(
+        lambda: _ok(on_endpoint(stack, f"http://{host}/", cookie=cookie)),
+        timeout=15,
+        what="the workspace's server to answer through the bot",
+    )
+
+    live = open_websocket(stack, host, "/", cookie, origin=f"http://{host}")
+    assert live.recv() == "hello /"
+    live.settimeout(30)
+    with pytest.raises(websocket.WebSocketConnectionClosedException):
+        live.recv()  # nothing comes but the end, once the check is due
+    assert time.time() >= checked + endpoints.RECHECK_SECONDS
+
+
+def reporter_on_endpoint(stack, project, mr):
+    """A Reporter who went through the entry route: the user, the endpoint's
+    host (with the bot's port) and the cookie that host gave them."""
+    rita = stack.gitlab.add_user("rita")
+    stack.gitlab.set_member(project, rita, REPORTER)
+    ticket_url = sign_in_and_enter(stack, project, mr, rita)
+    cookie = on_endpoint(stack, ticket_url).headers["Set-Cookie"].split(";", 1)[0]
+    return rita, urlsplit(ticket_url).netloc, cookie
+
+
+def open_websocket(stack, host, path, cookie, origin):
+    """A WebSocket to ``path`` on an endpoint host, through the bot."""
+    url = stack.url.replace("http://", "ws://", 1) + path
+    options = {"origin": origin} if origin else {"suppress_origin": True}
+    return websocket.create_connection(
+        url, host=host, cookie=cookie, subprotocols=["echo"], timeout=30, **options
+    )
 
 
 def _ok(response):
