@@ -206,11 +206,8 @@ def podman(cleanup: contextlib.ExitStack) -> str:
 @contextlib.contextmanager
 def gitlab_double(port: int) -> Iterator[GitLabDouble]:
     gitlab = GitLabDouble()
-    # TODO: GitLabDouble.start() takes no port — a start(port=...) would remove
-    # this reach into its attribute; a person needs a URL that stays the same.
-    gitlab._port = port
     try:
-        gitlab.start()
+        gitlab.start(port)  # a person needs a URL that stays the same
     except OSError as err:
         raise DemoError(
             f"cannot listen on 127.0.0.1:{port} ({err.strerror});"

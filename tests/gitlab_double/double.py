@@ -118,7 +118,11 @@ class GitLabDouble:
             raise RuntimeError("the GitLab double is not started")
         return self.store.url
 
-    def start(self) -> GitLabDouble:
+    def start(self, port: int | None = None) -> GitLabDouble:
+        """Serve on ``port``, else on the port of the last start (GitLab back
+        after an outage keeps its URL), else on a free one."""
+        if port is not None:
+            self._port = port
         self._server = make_server(
             "127.0.0.1",
             self._port,
