@@ -12,8 +12,11 @@ that no record, account or group has; the same one again for the same person,
 also after the account files were reset; distinct under concurrent calls);
 checkout permissions for read and write users; homes private to their owner;
 shell as the user with no way back to root; lock (kills processes, refuses shell;
-needs CAP_KILL); refusing to take over reserved names, image accounts and uids of
-other GitLab users; bad input of every kind exits 2 and changes nothing
+needs CAP_KILL; ends a shell recorded for the user that has not dropped root
+yet, and no other); the tool's own lock (taken over from a holder that is gone,
+also when its pid lives on in another process; waited for while it lives);
+refusing to take over reserved names, image accounts and uids of other GitLab
+users; bad input of every kind exits 2 and changes nothing
 (hypothesis); shell metacharacters in values never run.
 """
 
@@ -492,7 +495,7 @@ def _user_pids(ws: Workspace, uid: int) -> list[str]:
         "for f in /proc/[0-9]*/status; do"
         f' awk -v u={uid} \'/^State:/ && $2 == "Z" {{ z = 1 }}'
         " /^Uid:/ && $2 == u { m = 1 } END { exit !(m && !z) }' $f 2>/dev/null"
-        " && echo ${f#/proc/}; done"
+        " && { d=${f#/proc/}; echo ${d%/status}; }; done"
     )
     return found.out.split()
 
@@ -543,6 +546,90 @@ def test_lock_cannot_kill_without_cap_kill(
         assert _user_pids(ws, 100007) != []
     finally:
         _stop(ws)
+
+
+def _root_sleep(ws: Workspace) -> tuple[str, str]:
+    """A root process standing in for a shell that has not dropped privileges
+    yet: its pid and start time."""
+    ws.container.exec_run(
+        ["/bin/sh", "-c", "echo $$ >/tmp/sleeper; exec sleep 1000"], detach=True
+    )
+    pid = str(
+        services.wait_for(
+            lambda: ws.root_sh("cat /tmp/sleeper").out.strip(),
+            timeout=10,
+            what="the sleeper's pid",
+        )
+    )
+    stat = ws.root_sh(f"cat /proc/{pid}/stat").out
+    return pid, stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(ws: Workspace, pid: str) -> bool:
+    state = ws.root_sh(f"awk '/^State:/ {{ print $2 }}' /proc/{pid}/status").out
+    return state.strip() not in ("", "Z")
+
+
+def test_every_shell_is_recorded_with_its_user_before_it_drops_privileges(
+    ws: Workspace,
+) -> None:
+    assert ws.adduser("alice", 7).code == 0
+    _start_background_sleep(ws, "alice", 100007)
+    (pid,) = _user_pids(ws, 100007)  # exec sleep: the shell's own pid
+
+    record = ws.root_sh(f"cat /var/lib/rwbot/shells/{pid}").out
+    start = ws.root_sh(f"cat /proc/{pid}/stat").out.rsplit(")", 1)[1].split()[19]
+    assert record == f"{start} alice\n"
+
+
+def test_lock_ends_a_shell_of_the_user_that_still_runs_as_root(ws: Workspace) -> None:
+    assert ws.adduser("alice", 7).code == 0
+    assert ws.adduser("bob", 8).code == 0
+    alices, start = _root_sleep(ws)
+    planted = ws.root_sh(
+        "mkdir -p /var/lib/rwbot/shells && cd /var/lib/rwbot/shells &&"
+        f" echo '{start} alice' >{alices} && echo '{start} bob' >1"  # 1: reused
+    )
+    assert planted.code == 0, planted.err
+
+    locked = ws.rwctl("lock", "--name", "alice")
+
+    assert locked.code == 0, locked.err
+    services.wait_for(
+        lambda: not _alive(ws, alices), timeout=10, what="the shell to end"
+    )
+    assert _alive(ws, "1")  # bob's record: not alice's, and not that process
+    assert ws.rwctl("lock", "--name", "bob").code == 0
+    assert _alive(ws, "1")
+    assert ws.root_sh("ls /var/lib/rwbot/shells").out == ""
+
+
+@pytest.mark.parametrize("holder", ["1 0", "999999 1"], ids=["pid-reused", "gone"])
+def test_a_lock_whose_holder_is_gone_is_taken_over(ws: Workspace, holder: str) -> None:
+    ws.root_sh(f"ln -s '{holder}' /var/lib/rwbot/lock-holder")
+
+    result = ws.adduser("alice", 7)
+
+    assert result.code == 0, result.err
+    assert ws.root_sh("ls /var/lib/rwbot").out.split().count("lock-holder") == 0
+
+
+def test_a_lock_whose_holder_lives_is_waited_for(ws: Workspace) -> None:
+    pid, start = _root_sleep(ws)
+    ws.root_sh(f"ln -s '{pid} {start}' /var/lib/rwbot/lock-holder")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(ws.adduser, "alice", 7)
+        services.wait_for(
+            lambda: "adduser" in ws.root_sh("ps -o args 2>/dev/null || ps").out,
+            timeout=10,
+            what="adduser to be waiting",
+        )
+        assert "alice:" not in ws.root_sh("cat /etc/passwd").out
+        ws.root_sh(f"kill {pid}")
+        result = pending.result(timeout=60)
+
+    assert result.code == 0, result.err
+    assert "alice:" in ws.root_sh("cat /etc/passwd").out
 
 
 # --- refusing to take over accounts -------------------------------------------------

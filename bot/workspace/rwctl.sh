@@ -41,8 +41,9 @@ umask 022
 STATE_DIR=/var/lib/rwbot
 USERS_DB=$STATE_DIR/users
 CHECKOUT_FILE=$STATE_DIR/checkout
-LOCK_DIR=$STATE_DIR/lock
+LOCK=$STATE_DIR/lock-holder
 SESSIONS_DIR=$STATE_DIR/sessions
+SHELLS_DIR=$STATE_DIR/shells
 PROFILE_SNIPPET=/etc/profile.d/rwbot.sh
 USER_PATH=/usr/local/bin:/usr/bin:/bin
 MIN_UID=${RWCTL_MIN_UID:-10000}
@@ -76,7 +77,7 @@ holding_lock=0
 on_exit() {
     status=$?
     if [ "$holding_lock" = 1 ]; then
-        rm -rf "$LOCK_DIR"
+        rm -f "$LOCK"
     fi
     if [ "$status" -ne 0 ] && [ "$status" -ne "$chosen_status" ]; then
         exit 1
@@ -203,28 +204,64 @@ ensure_state_dir() {
     run chmod 0700 "$STATE_DIR"
 }
 
-# A mkdir lock serialises changes to the records and account files.
-# TODO: a lock left by a killed holder whose pid was reused is waited on until the
-# timeout — a flock(1) in every image would remove this.
+# proc_start PID: the process's start time (field 22 of /proc/PID/stat), which
+# tells a live process apart from a later one that reused its pid.
+proc_start() {
+    stat_line=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    # Fields after the command name, which ends at the last ")"; the 22nd field
+    # of the line is the 20th of these. Word splitting is wanted: all numbers.
+    # shellcheck disable=SC2086
+    set -- ${stat_line##*) }
+    shift 19
+    printf '%s\n' "$1"
+}
+
+# is_running PID START: the process PID is the one that started at START.
+is_running() {
+    is_decimal "${1:-}" && [ "$(proc_start "$1" || true)" = "${2:-}" ]
+}
+
+# A lock serialises changes to the records and account files (flock(1) is not
+# in every image): a symlink whose target is its holder, "pid start-time",
+# made and read in one step each. A lock left by a killed holder is taken over,
+# even once its pid is another process's. Only one waiter at a time breaks a
+# lock, under a second such lock, and looks again there, so that a lock taken
+# anew meanwhile is never the one it removes.
 acquire_lock() {
     ensure_state_dir
+    me="$$ $(proc_start "$$")"
     tries=0
-    until mkdir "$LOCK_DIR" 2>/dev/null; do
-        holder=$(cat "$LOCK_DIR/pid" 2>/dev/null || true)
-        if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then
-            rm -rf "$LOCK_DIR"
+    until ln -s "$me" "$LOCK" 2>/dev/null; do
+        holder=$(readlink "$LOCK" 2>/dev/null || true)
+        if [ -n "$holder" ] && ! holder_running "$holder" && take "$LOCK.break"; then
+            [ "$(readlink "$LOCK" 2>/dev/null || true)" != "$holder" ] || rm -f "$LOCK"
+            rm -f "$LOCK.break"
             continue
         fi
         tries=$((tries + 1))
-        [ "$tries" -le 300 ] || die 1 "busy: $LOCK_DIR is held by another rwctl"
+        [ "$tries" -le 300 ] || die 1 "busy: $LOCK is held by another rwctl"
         sleep 0.1
     done
     holding_lock=1
-    echo "$$" >"$LOCK_DIR/pid"
+}
+
+# take LINK: hold LINK, taking it over from a holder that is gone.
+take() {
+    ln -s "$me" "$1" 2>/dev/null && return 0
+    holder_running "$(readlink "$1" 2>/dev/null || true)" && return 1
+    rm -f "$1"
+    ln -s "$me" "$1" 2>/dev/null
+}
+
+# holder_running "PID START": that process is still there.
+holder_running() {
+    # shellcheck disable=SC2086 # two numbers, split on purpose
+    set -- $1
+    is_running "${1:-}" "${2:-}"
 }
 
 release_lock() {
-    rm -rf "$LOCK_DIR"
+    rm -f "$LOCK"
     holding_lock=0
 }
 
@@ -698,8 +735,10 @@ cmd_adduser() {
     if [ "$role" = write ]; then
         add_member "$name" "$group"
     elif is_member "$name" "$group"; then
-        # A demoted reviewer's running shells still carry the group: end them.
+        # A demoted reviewer's running shells still carry the group: end them,
+        # and those that may have read it but not yet dropped privileges.
         remove_member "$name" "$group"
+        end_shells "$name"
         kill_processes "$uid"
     fi
 
@@ -777,16 +816,34 @@ is_session_id() {
     [ "${#1}" -eq 32 ]
 }
 
-# proc_start PID: the process's start time (field 22 of /proc/PID/stat), which
-# tells a live session apart from a later process that reused its pid.
-proc_start() {
-    stat_line=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    # Fields after the command name, which ends at the last ")"; the 22nd field
-    # of the line is the 20th of these. Word splitting is wanted: all numbers.
-    # shellcheck disable=SC2086
-    set -- ${stat_line##*) }
-    shift 19
-    printf '%s\n' "$1"
+
+# Every shell is recorded under the lock, before it drops privileges, so that a
+# lock of its user that lands before the drop still finds it: its pid stays the
+# same through every exec up to the user's own shell. Records of shells that
+# have ended are dropped here too.
+record_shell() {
+    mkdir -p "$SHELLS_DIR"
+    chmod 0700 "$SHELLS_DIR"
+    for file in "$SHELLS_DIR"/*; do
+        [ -f "$file" ] || continue
+        read -r start owner <"$file" || true
+        is_running "${file##*/}" "${start:-}" || rm -f "$file"
+    done
+    printf '%s %s\n' "$(proc_start "$$")" "$1" >"$SHELLS_DIR/$$"
+}
+
+# end_shells NAME: SIGKILL the shells recorded for NAME, whoever they run as yet.
+end_shells() {
+    [ -d "$SHELLS_DIR" ] || return 0
+    for file in "$SHELLS_DIR"/*; do
+        [ -f "$file" ] || continue
+        read -r start owner <"$file" || true
+        [ "${owner:-}" = "$1" ] || continue
+        if is_running "${file##*/}" "${start:-}"; then
+            kill -KILL "${file##*/}" 2>/dev/null || true
+        fi
+        rm -f "$file"
+    done
 }
 
 cmd_shell() {
@@ -813,6 +870,7 @@ cmd_shell() {
     [ "$state" = active ] || die 3 "refused: $name is locked"
     home=$(db_field /etc/passwd 1 "$name" 6)
     [ -n "$home" ] || die 3 "refused: $name has no account"
+    record_shell "$name"
     release_lock
 
     directory=$home
@@ -828,8 +886,6 @@ cmd_shell() {
     fi
     cd "$directory" || die 1 "failed: cd"
     umask 002
-    # TODO: a lock that lands between release_lock and the privilege drop misses
-    # this shell — holding the lock across exec (flock(1)) would close the gap.
     if [ "$has_command" = 1 ]; then
         run_as "$name" "$home" "$shell" "$shell" -l -c "$command"
     fi
@@ -859,6 +915,7 @@ cmd_lock() {
             remove_member "$name" "$member_of"
         done
     fi
+    end_shells "$name"
     kill_processes "$uid"
 }
 
