@@ -487,6 +487,28 @@ class Client:
 
         self._call(f"revoke clone token {token_id} of project {project}", call)
 
+    def clone_token_ids(self, project: int | str, name: str) -> list[int]:
+        """The ids of the project's deploy tokens called ``name`` that are not
+        revoked yet, expired ones included, from every page. GitLab cannot
+        filter the list by name (docs.gitlab.com/api/deploy_tokens, "List
+        project deploy tokens"); a project it does not know holds none."""
+
+        def call() -> list[int]:
+            p = self._gl.projects.get(project, lazy=True)
+            try:
+                listed = p.deploytokens.list(iterator=True, per_page=100, **self._fast)
+            except gitlab.exceptions.GitlabListError as err:
+                if err.response_code != 404:
+                    raise
+                return []
+            return [
+                int(t.id)
+                for t in listed
+                if t.name == name and not getattr(t, "revoked", False)
+            ]
+
+        return self._call(f"list clone tokens of project {project}", call)
+
     def _mr(self, project_id: int, iid: int) -> Any:
         return self._gl.projects.get(project_id, lazy=True).mergerequests.get(
             iid, lazy=True

@@ -28,6 +28,10 @@ Cases:
 - Webhooks: ``install_hook`` creating a missing hook, updating the one at the
   same URL instead of adding another, with the events, SSL verification, the
   secret and the optional signing secret; a refusal names neither secret.
+- Clone tokens: ``clone_token_ids`` reads every page of the project's deploy
+  tokens and keeps those of exactly that name not yet revoked, expired ones
+  included; a project GitLab does not know holds none, and a refusal is still
+  raised.
 - Errors from ``_call``: 429 with ``Retry-After`` as delta-seconds or an
   HTTP-date (past dates meaning now), 5xx, connection refused and timeouts are
   temporary; 404 is ``NotFound``; other 4xx are permanent; 401 and 403 are
@@ -186,6 +190,19 @@ def hook_json(hook_id: int, url: str, **changes: Any) -> dict[str, Any]:
         "custom_headers": [],
         "token_present": True,
         **changes,
+    }
+
+
+def deploy_token_json(token_id: int, name: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": token_id,
+        "name": name,
+        "username": f"gitlab+deploy-token-{token_id}",
+        "expires_at": "2025-06-01T13:00:00.000Z",
+        "revoked": False,
+        "expired": False,
+        "scopes": ["read_repository"],
+        **fields,
     }
 
 
@@ -673,6 +690,45 @@ def test_install_hook_refusal_names_no_secret(gl, client):
     assert "team/app" in str(err)
 
 
+# -- clone tokens -------------------------------------------------------------
+
+CLONE_TOKENS = "/projects/1/deploy_tokens"
+CLONE_NAME = "rwbot rwbot-prod-p1-mr7"
+
+
+def test_clone_token_ids_are_the_live_ones_of_that_name_from_every_page(gl, client):
+    expired = {"expires_at": "2025-06-01T11:00:00.000Z", "expired": True}
+    pages = [
+        [deploy_token_json(3, CLONE_NAME), deploy_token_json(4, "ci pull")],
+        [
+            deploy_token_json(5, CLONE_NAME, revoked=True),
+            deploy_token_json(6, CLONE_NAME, **expired),
+            deploy_token_json(7, f"{CLONE_NAME}0"),  # merge request !70's
+        ],
+    ]
+    stub_pages(gl, CLONE_TOKENS, {"per_page": "100"}, pages)
+
+    assert client.clone_token_ids(1, CLONE_NAME) == [3, 6]
+
+
+def test_clone_token_ids_of_a_project_gitlab_does_not_know_are_none(gl, client):
+    answer = {"message": "404 Project Not Found"}
+    query = {"per_page": "100"}
+    stub(gl, "GET", CLONE_TOKENS, query=query, status=404, answer=answer)
+
+    assert client.clone_token_ids(1, CLONE_NAME) == []
+
+
+def test_clone_token_ids_refused_is_raised(gl, client):
+    answer = {"message": "403 Forbidden"}
+    query = {"per_page": "100"}
+    stub(gl, "GET", CLONE_TOKENS, query=query, status=403, answer=answer)
+
+    err = failure(ConfigError, lambda: client.clone_token_ids(1, CLONE_NAME))
+
+    assert str(err) == "the bot's token may not list clone tokens of project 1"
+
+
 # -- errors -------------------------------------------------------------------
 
 
@@ -824,6 +880,11 @@ def first(call: Callable[[Client], object], request: str, name: str) -> Any:
             lambda c: c.token_scopes(),
             "GET /personal_access_tokens/self",
             "token_scopes",
+        ),
+        first(
+            lambda c: c.clone_token_ids(1, CLONE_NAME),
+            f"GET {CLONE_TOKENS}",
+            "clone_token_ids",
         ),
     ],
 )

@@ -13,7 +13,10 @@ scheduled; the clone credential: a read-only deploy token minted on the GitLab
 double (never the bot's token), good for its own repository only, deleted and
 revoked once the clone is done, when the clone fails, on a restart of an
 unfinished clone (a fresh one) and on removal, and a bot without Maintainer
-failing the workspace naming the role; never in the shell container, never in
+failing the workspace naming the role; a token a killed worker minted but
+never recorded, revoked when the workspace is made, restarted or removed (a
+token list GitLab refuses or fails to give is logged, and the workspace is made
+all the same); never in the shell container, never in
 .git/config (the clone script is run for real against the GitLab double's git
 over HTTP with the credential handed out); 403, 404, 409, 5xx and connection
 errors; generation
@@ -34,6 +37,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime
+import logging
 import os
 import secrets
 import subprocess
@@ -51,7 +55,7 @@ from bot.errors import ConfigError, PermanentError, TemporaryError
 from bot.gitlab import Client
 from bot.reconciler import Reconciler
 from bot.runtime import base, workspace
-from bot.runtime.kube import manifests
+from bot.runtime.kube import credentials, manifests
 from bot.runtime.kubernetes import KubernetesConfig, KubernetesRuntime, config_from_env
 from bot.settings import SettingsError
 from bot.store import Store
@@ -392,9 +396,9 @@ def test_workspace_is_starting_until_its_pod_is_ready(
 # -- the clone credential --------------------------------------------------------------
 
 
-def handed_out(double: KubeDouble) -> tuple[str, str]:
+def handed_out(double: KubeDouble, namespace: str = NAMESPACE) -> tuple[str, str]:
     """The user name and token in the workspace's clone credential."""
-    data = double.must("", "secrets", NAMESPACE, "clone-credential")["data"]
+    data = double.must("", "secrets", namespace, "clone-credential")["data"]
     return (
         base64.b64decode(data["username"]).decode(),
         base64.b64decode(data["token"]).decode(),
@@ -501,6 +505,91 @@ def test_restart_of_an_unfinished_clone_hands_a_fresh_token_and_revokes_the_old(
 
     runtime.remove(KEY)  # destroyed before the clone finished: revoked too
     assert not git_reads(source, *second)
+
+
+def left_by_a_killed_worker(
+    tokens: Client, source: base.Source, namespace: str = NAMESPACE
+) -> int:
+    """The id of a clone token minted for ``namespace`` as the runtime mints
+    one, by a worker killed before it recorded the token in the Deployment."""
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    name = credentials.token_name(namespace)
+    return tokens.create_clone_token(
+        source.path, name, expires.replace(microsecond=0)
+    ).id
+
+
+def test_tokens_killed_workers_left_are_revoked_when_a_workspace_is_made_or_started(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    gitlab: GitLabDouble,
+    tokens: Client,
+    source: base.Source,
+) -> None:
+    double.behaviour = PodBehaviour.MANUAL
+    before_made = left_by_a_killed_worker(tokens, source)
+    runtime.ensure_running(make_spec(source))
+    assert before_made not in deploy_tokens.of(gitlab.store)
+    first = handed_out(double)
+    runtime.stop(KEY)
+    before_started = left_by_a_killed_worker(tokens, source)
+
+    runtime.ensure_running(make_spec(source))
+
+    assert before_started not in deploy_tokens.of(gitlab.store)
+    assert not git_reads(source, *first)
+    second = handed_out(double)
+    runtime.status(KEY)  # still cloning: the new token stays
+    assert git_reads(source, *second)
+    double.make_ready(NAMESPACE)
+    wait_for(lambda: phase_is(runtime, base.Phase.RUNNING), 10, "ready")
+    assert not git_reads(source, *second)
+
+
+def test_removal_revokes_every_token_of_the_workspaces_name(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    gitlab: GitLabDouble,
+    tokens: Client,
+) -> None:
+    # The tokens are looked for in the key's project: here it is the source's.
+    source, mr = kube_double.mr_source(gitlab, f"team/gone-{secrets.token_hex(3)}")
+    key = base.WorkspaceKey(mr["project_id"], mr["iid"])
+    namespace = f"rwbot-test-{key.slug()}"
+    double.behaviour = PodBehaviour.MANUAL
+    runtime.ensure_running(make_spec(source, key=key))
+    handed = handed_out(double, namespace)
+    left = left_by_a_killed_worker(tokens, source, namespace)
+
+    runtime.remove(key)
+
+    assert double.get("", "namespaces", "", namespace) is None
+    assert left not in deploy_tokens.of(gitlab.store)
+    assert not git_reads(source, *handed)
+
+
+@pytest.mark.parametrize("status", [403, 503])
+def test_token_list_gitlab_refuses_is_logged_and_the_workspace_made_all_the_same(
+    runtime: KubernetesRuntime,
+    double: KubeDouble,
+    gitlab: GitLabDouble,
+    tokens: Client,
+    source: base.Source,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    left = left_by_a_killed_worker(tokens, source)
+    double.behaviour = PodBehaviour.MANUAL
+    gitlab.inject_faults(status, every=1, times=1, paths=r"/deploy_tokens$")
+    try:
+        with caplog.at_level(logging.WARNING, "bot.runtime.kube.credentials"):
+            runtime.ensure_running(make_spec(source))
+    finally:
+        gitlab.clear_faults()
+
+    assert [r.message for r in caplog.records] == ["clone tokens not listed"]
+    assert git_reads(source, *handed_out(double))
+    assert left in deploy_tokens.of(gitlab.store)  # it still expires
 
 
 def test_without_maintainer_the_workspace_fails_naming_the_role_and_makes_nothing(

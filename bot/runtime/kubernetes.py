@@ -121,7 +121,7 @@ class KubernetesRuntime(base.Runtime):
                 "replacing workspace of an older generation",
                 extra={"namespace": namespace, "generation": spec.generation},
             )
-            self._delete_workspace(namespace)
+            self._delete_workspace(spec.key)
             return base.Status(base.Phase.STARTING, generation=spec.generation)
 
         manifests.check_source(spec.source)
@@ -227,10 +227,9 @@ class KubernetesRuntime(base.Runtime):
             deployment, manifests.shape_for(spec, self._config, None)
         )
         cloned = cluster.annotation(deployment, manifests.CHECKOUT) == "done"
-        # The clone has not finished: hand a fresh token.
-        credential = (
-            None if cloned else self._credentials.mint(spec.source.path, namespace)
-        )
+        credential: CloneToken | None = None
+        if not cloned:  # the clone has not finished: hand a fresh token
+            credential = self._credentials.mint(spec.source.path, namespace, deployment)
         objects = self._render(spec, shape, credential)
         try:
             self._start(spec.source.path, namespace, objects, deployment, credential)
@@ -322,14 +321,17 @@ class KubernetesRuntime(base.Runtime):
     def remove(self, key: base.WorkspaceKey) -> None:
         namespace = self._renderer.namespace(key)
         if self._cluster.read_namespace(namespace) is not None:
-            self._delete_workspace(namespace)
+            self._delete_workspace(key)
             log.info("workspace removed", extra={"namespace": namespace})
 
-    def _delete_workspace(self, namespace: str) -> None:
-        """Delete the namespace, revoking a clone token still handed out."""
+    def _delete_workspace(self, key: base.WorkspaceKey) -> None:
+        """Delete the namespace, revoking every clone token of the workspace:
+        the one still handed out and any a killed worker left. They are in
+        the key's project, the merge request's target, where they are minted
+        (:func:`bot.lifecycle.checkout_source`)."""
+        namespace = self._renderer.namespace(key)
         deployment = self._cluster.read_deployment(namespace)
-        if deployment is not None:
-            self._credentials.revoke_annotated(deployment)
+        self._credentials.retire(key.project_id, namespace, deployment)
         self._cluster.delete_namespace(namespace)
 
     # -- status --------------------------------------------------------------

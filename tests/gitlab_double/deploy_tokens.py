@@ -2,8 +2,10 @@
 
 ``POST /projects/:id/deploy_tokens`` (``name``, ``scopes``, optional
 ``expires_at`` and ``username``) answers 201 with the token, the only time it is
-shown; ``GET`` lists them without it; ``DELETE …/deploy_tokens/:token_id``
-answers 204 and the token stops working at once. Every route needs Maintainer.
+shown; ``GET`` lists them without it, paginated, expired ones included, with
+``expires_at`` in the REST API's time format (``2020-02-14T00:00:00.000Z``);
+``DELETE …/deploy_tokens/:token_id`` answers 204, the token stops working at
+once and is no longer listed. Every route needs Maintainer.
 
 A deploy token is not an API token: it authenticates git over HTTP only, with
 HTTP Basic (its username and the token), for its own project, and only within
@@ -17,7 +19,7 @@ import hmac
 import secrets
 import weakref
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, request
@@ -31,7 +33,7 @@ from tests.gitlab_double.api import (
     paginate,
     route,
 )
-from tests.gitlab_double.state import MAINTAINER, Project, Store
+from tests.gitlab_double.state import MAINTAINER, Project, Store, api_time
 
 #: The scopes GitLab knows for deploy tokens.
 SCOPES = {
@@ -75,7 +77,7 @@ def shape(token: DeployToken, data: Store, *, with_token: bool = False) -> Any:
         "id": token.id,
         "name": token.name,
         "username": token.username,
-        "expires_at": None if expires is None else expires.isoformat(),
+        "expires_at": None if expires is None else api_time(expires.astimezone(UTC)),
         "revoked": False,
         "expired": expires is not None and expires <= data.now(),
         "scopes": token.scopes,

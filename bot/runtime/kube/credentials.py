@@ -13,9 +13,16 @@ workspace fails, and when the workspace is removed; a stopped workspace whose
 clone had not finished gets a fresh token when it starts again, and the old one
 is revoked. A token GitLab will not revoke now is logged, not raised: it still
 expires.
-TODO: a token minted by a worker killed before the Deployment is written is
-never revoked, only expires — recording its id on the namespace first would
-let the next attempt revoke it.
+
+Minting a token and recording it in the Deployment are two steps, and a worker
+killed between them leaves a token nothing records. Every token of a workspace
+has the same name (:func:`token_name`), and one worker at a time works on a
+workspace (:func:`bot.store.claim`), so before minting, the project's tokens of
+that name that the Deployment does not record are revoked as leftovers, and
+when the workspace's namespace is deleted, all of them are. A worker killed
+before it made the namespace leaves nothing to delete: its token is revoked
+when the workspace is made after all, and otherwise expires. A list GitLab will
+not give is logged like a refused revocation: the leftovers still expire.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class CloneTokens(Protocol):
 
     def revoke_clone_token(self, project: int | str, token_id: int) -> None: ...
 
+    def clone_token_ids(self, project: int | str, name: str) -> list[int]: ...
+
 
 class Credentials:
     """Mints, hands over and revokes the workspaces' clone tokens."""
@@ -59,19 +68,29 @@ class Credentials:
         self._cluster = kube
         self._ready_timeout = ready_timeout
 
-    def mint(self, project: str, namespace: str) -> CloneToken:
+    def mint(
+        self,
+        project: str,
+        namespace: str,
+        deployment: dict[str, Any] | None = None,
+    ) -> CloneToken:
+        """A fresh clone token for ``namespace``, once the leftovers of earlier
+        attempts are revoked: every token of its name but the one
+        ``deployment`` records."""
+        self._revoke_leftovers(project, namespace, deployment)
+
         # GitLab judges the expiry by the wall clock, whatever ours says.
         lifetime = max(CLONE_TOKEN_LIFETIME, self._ready_timeout)
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime)
         token = self._tokens.create_clone_token(
-            project, f"rwbot {namespace}", expires.replace(microsecond=0)
+            project, token_name(namespace), expires.replace(microsecond=0)
         )
         log.info(
             "clone token created", extra={"namespace": namespace, "token_id": token.id}
         )
         return token
 
-    def revoke(self, project: str, token_id: int) -> None:
+    def revoke(self, project: int | str, token_id: int) -> None:
         """Revoke a clone token; one GitLab will not revoke now still expires
         within the hour, so that is logged rather than raised."""
         try:
@@ -90,6 +109,43 @@ class Credentials:
         record = token_of(deployment)
         if record is not None:
             self.revoke(*record)
+
+    def _revoke_leftovers(
+        self,
+        project: int | str,
+        namespace: str,
+        deployment: dict[str, Any] | None = None,
+    ) -> None:
+        """Revoke the clone tokens of ``namespace`` in ``project`` that
+        ``deployment`` does not record: those a killed worker minted."""
+        record = None if deployment is None else token_of(deployment)
+        keep = None if record is None else record[1]
+        try:
+            found = self._tokens.clone_token_ids(project, token_name(namespace))
+        except BotError as err:
+            log.warning(
+                "clone tokens not listed",
+                extra={"project": project, "namespace": namespace, "error": str(err)},
+            )
+            return
+
+        for token_id in found:
+            if token_id == keep:
+                continue
+            log.info(
+                "leftover clone token found",
+                extra={"namespace": namespace, "token_id": token_id},
+            )
+            self.revoke(project, token_id)
+
+    def retire(
+        self, project: int | str, namespace: str, deployment: dict[str, Any] | None
+    ) -> None:
+        """The workspace is being removed: revoke the token ``deployment``
+        records and every other one of its name."""
+        if deployment is not None:
+            self.revoke_annotated(deployment)
+        self._revoke_leftovers(project, namespace)
 
     def hand_over(
         self,
@@ -125,6 +181,12 @@ class Credentials:
         log.info(
             "clone credential deleted", extra={"namespace": namespace, "cloned": cloned}
         )
+
+
+def token_name(namespace: str) -> str:
+    """The name of every clone token minted for the workspace in ``namespace``,
+    by which the ones nothing records are found again."""
+    return f"rwbot {namespace}"
 
 
 def token_record(project: str, credential: CloneToken) -> str:
