@@ -164,7 +164,24 @@ def _endpoint_hosts() -> ResponseReturnValue | None:
     visitor = endpoints.check_cookie(settings.session_secret, cookies, host)
     if visitor is None:
         return _back_to_entry(settings.public_url, found, request.full_path)
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    allowed = endpoints.may_forward(
+        found.key,
+        domain,
+        method=request.method,
+        websocket=upgrade,
+        origin=request.headers.get("Origin"),
+        referer=request.headers.get("Referer"),
+        fetch_site=request.headers.get("Sec-Fetch-Site"),
+        fetch_mode=request.headers.get("Sec-Fetch-Mode"),
+    )
+    if not allowed:
+        return _page(
+            "You cannot open this from here",
+            "Only pages of this workspace may send requests to its endpoints.",
+            403,
+        )
+    if upgrade:
         return _tunnel(found, host, secure, visitor)
     return _proxy(found, host, secure)
 
@@ -284,19 +301,11 @@ def _proxy(found: endpoints.Host, host: str, secure: bool) -> ResponseReturnValu
 def _tunnel(
     found: endpoints.Host, host: str, secure: bool, visitor: endpoints.Visitor
 ) -> ResponseReturnValue:
-    """A WebSocket for the workspace (:mod:`bot.endpoint_tunnel`). Only a page
-    of this very host may open one: every endpoint host shares the endpoints
-    domain, so to a browser a neighbouring workspace's page is *same-site*, and
-    its WebSocket would carry this host's cookie along — and, unlike a fetch,
-    be free to read the answers. The connection ends when the cookie is due
-    for its access check; the page's client then reconnects through it."""
-    settings = current_app.config["RWBOT_SETTINGS"]
-    if request.headers.get("Origin") != _origin(settings.public_url, host):
-        return _page(
-            "You cannot open this connection",
-            "Only a page of this endpoint may open its WebSocket connections.",
-            403,
-        )
+    """A WebSocket for the workspace (:mod:`bot.endpoint_tunnel`), opened by
+    a page of the workspace (:func:`bot.endpoints.may_forward`): unlike a
+    fetch, a WebSocket from anywhere else would be free to read the answers.
+    The connection ends when the cookie is due for its access check; the
+    page's client then reconnects through it."""
     viewer = endpoint_tunnel.client_socket(request.environ)
     if viewer is None:
         return _page(

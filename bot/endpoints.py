@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -110,6 +111,54 @@ def parse_host(host: str, domain: str) -> Host | None:
         return None
     key = base.WorkspaceKey(int(match["project"]), int(match["mr"]))
     return Host(match["name"], key)
+
+
+def of_workspace(url: str | None, key: base.WorkspaceKey, domain: str) -> bool:
+    """``url`` (an ``Origin`` or ``Referer``) is on an endpoint host of
+    workspace ``key``."""
+    if not url:
+        return False
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False
+    found = parse_host(netloc, domain) if netloc else None
+    return found is not None and found.key == key
+
+
+def may_forward(
+    key: base.WorkspaceKey,
+    domain: str,
+    *,
+    method: str,
+    websocket: bool,
+    origin: str | None,
+    referer: str | None,
+    fetch_site: str | None,
+    fetch_mode: str | None,
+) -> bool:
+    """Whether a request that carries a good cookie for one of ``key``'s
+    endpoint hosts may reach the workspace, judged by where the browser says it
+    comes from.
+
+    Every endpoint host shares the endpoints domain, so to a browser all of
+    them are one *site*: a page of another workspace — the code of another MR,
+    perhaps from a fork — may send requests here that carry this host's cookie,
+    which ``SameSite`` cannot stop. So a request that names its origin must
+    come from a page of this workspace, and one that does not (an image, a
+    script) may come from elsewhere on the site only as a top-level GET, like a
+    ``SameSite=Lax`` cookie would allow across sites. A WebSocket handshake
+    always names its origin in a browser, so one that does not is refused.
+    Other requests from browsers that send neither ``Origin`` nor
+    ``Sec-Fetch-Site`` are let through: they cannot be told apart.
+    """
+    if origin is not None or websocket:
+        return of_workspace(origin, key, domain)
+    if fetch_site not in ("same-site", "cross-site"):
+        return True
+    if of_workspace(referer, key, domain):
+        return True
+    return fetch_mode == "navigate" and method in ("GET", "HEAD")
 
 
 def exposed(endpoints: Iterable[Endpoint]) -> tuple[list[Endpoint], list[str]]:

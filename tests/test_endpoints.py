@@ -10,7 +10,9 @@ a database is refused on both, replicas redeeming one ticket at once let exactly
 one in, and the resync forgets expired tickets; a cookie of workspace A is
 refused on workspace B's host, and one whose access check is older than the
 recheck interval sends the viewer back; the endpoints domain setting is
-validated.
+validated; a request is forwarded when it names a page of the same workspace
+as its origin, or names none and is a visit, same-origin or from a browser that
+sends no fetch metadata, and refused otherwise (WebSockets must name one).
 """
 
 import datetime as dt
@@ -280,3 +282,80 @@ def test_a_bad_endpoints_domain_stops_start_up_naming_it(value):
     env = {**ENV, "RWBOT_ENDPOINTS_DOMAIN": value}
     with pytest.raises(settings.SettingsError, match="RWBOT_ENDPOINTS_DOMAIN"):
         settings.from_env(env)
+
+
+# -- where a request comes from -----------------------------------------------
+
+KEY = WorkspaceKey(7, 3)
+API = endpoints.host_name("api", KEY, DOMAIN)  # another endpoint, same workspace
+
+
+def forward(
+    method="GET",
+    websocket=False,
+    origin=None,
+    referer=None,
+    site=None,
+    mode=None,
+):
+    return endpoints.may_forward(
+        KEY,
+        DOMAIN,
+        method=method,
+        websocket=websocket,
+        origin=origin,
+        referer=referer,
+        fetch_site=site,
+        fetch_mode=mode,
+    )
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [f"https://{A}", f"https://{API}:8443", f"http://{A.upper()}"],
+)
+def test_a_request_naming_a_page_of_the_workspace_is_forwarded(origin):
+    assert forward("POST", origin=origin, site="same-site", mode="cors")
+    assert forward(websocket=True, origin=origin)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        f"https://{B}",  # the next MR's endpoint: same site, other workspace
+        "https://bot.example.com",
+        f"https://{DOMAIN}",
+        "null",
+        "http://[",
+        "",
+    ],
+)
+def test_a_request_naming_any_other_origin_is_refused(origin):
+    assert not forward("POST", origin=origin, site="same-site", mode="cors")
+    assert not forward(origin=origin, site="same-site", mode="navigate")
+    assert not forward(websocket=True, origin=origin)
+
+
+def test_a_websocket_that_names_no_origin_is_refused():
+    assert not forward(websocket=True)
+    assert not forward(websocket=True, referer=f"https://{A}/", site="same-origin")
+
+
+def test_an_image_or_script_from_elsewhere_on_the_site_is_refused():
+    for site in ("same-site", "cross-site"):
+        assert not forward(site=site, mode="no-cors", referer=f"https://{B}/")
+        assert not forward(site=site, mode="no-cors")
+        assert not forward("POST", site=site, mode="navigate")  # no Origin: no page's
+    assert forward(site="same-site", mode="no-cors", referer=f"https://{API}/app")
+
+
+def test_a_top_level_visit_from_anywhere_and_same_origin_requests_are_forwarded():
+    assert forward(site="cross-site", mode="navigate")
+    assert forward("HEAD", site="same-site", mode="navigate")
+    assert forward(site="same-origin", mode="no-cors")
+    assert forward(site="none", mode="navigate")  # typed into the address bar
+
+
+def test_a_browser_that_says_nothing_of_where_it_comes_from_is_let_through():
+    assert forward()
+    assert forward("POST")

@@ -14,8 +14,11 @@ opened by the endpoint's own page reaches the workspace's server (which speaks
 RFC 6455 in perl too) with its subprotocol, messages both ways and the closing
 handshake, while one from a neighbouring endpoint's page, the bot's own page,
 no page at all or without the cookie is refused, and one lasts no longer than
-its cookie's access check; a signed-out viewer is sent to sign in and a Guest
-is refused; after ``/workspace stop`` the proxy answers 502.
+its cookie's access check; a neighbouring workspace's page (same-site, so the
+browser sends the cookie) can neither post to the endpoint nor load from it,
+while a visit from anywhere and the endpoint's own page are let through; a
+signed-out viewer is sent to sign in and a Guest is refused; after
+``/workspace stop`` the proxy answers 502.
 """
 
 import http.client
@@ -232,9 +235,7 @@ def test_a_reporter_gets_the_workspace_page_on_the_endpoints_own_host(stack, wor
     assert r.status_code == 502 and "not running" in r.text
 
 
-def test_a_websocket_from_the_endpoints_own_page_reaches_the_workspace(
-    stack, workspace
-):
+def test_only_pages_of_the_workspace_reach_it_but_anyone_may_visit(stack, workspace):
     project, mr = workspace
     _, host, cookie = reporter_on_endpoint(stack, project, mr)
     page = f"http://{host}/"
@@ -270,6 +271,23 @@ def test_a_websocket_from_the_endpoints_own_page_reaches_the_workspace(
     r = on_endpoint(stack, f"{page}live", headers=upgrade)  # no cookie
     assert r.status_code == 302  # to the entry route and its access check
     assert r.headers["Location"].startswith(entry_url(stack, project, mr))
+
+    # The neighbour's page is same-site: the browser would send the cookie.
+    elsewhere = {"Origin": f"{neighbour}:{port}"}
+    r = on_endpoint(stack, page, "POST", cookie=cookie, headers=elsewhere, data=b"x")
+    assert r.status_code == 403 and "Only pages of this workspace" in r.text
+    image = {
+        "Sec-Fetch-Site": "same-site",
+        "Sec-Fetch-Mode": "no-cors",
+        "Referer": f"{neighbour}:{port}/",
+    }
+    assert on_endpoint(stack, page, cookie=cookie, headers=image).status_code == 403
+    visit = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate"}
+    r = on_endpoint(stack, page, cookie=cookie, headers=visit)
+    assert r.status_code == 200 and r.text.startswith("hello from the workspace")
+    own = {"Origin": page[:-1], "Sec-Fetch-Site": "same-origin"}
+    r = on_endpoint(stack, page, "POST", cookie=cookie, headers=own, data=b"y")
+    assert r.status_code == 200 and r.text.endswith("body=y\n")
 
 
 def test_a_websocket_ends_when_its_access_check_is_due(stack, workspace):
