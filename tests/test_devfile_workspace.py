@@ -1,14 +1,14 @@
 """Workspaces follow the devfile of the commit they run, on real Podman.
 
-Cases: the devfile's image, environment, memory limit, volume and postStart
-commands are applied, and the comment names the endpoint with the setting that
-exposes it (exposed endpoints: tests/test_endpoints_workspace.py); an invalid
-devfile fails the workspace with a comment naming the key and line; a devfile
-registry sample fails with a comment naming each of its four unsupported
-features (more than the problems spelled out in full); an image
-outside the admin's allow-list is refused; after a fork approval, the devfile
-is read from the approved commit, not the fork's newer head; a project without
-a devfile gets the default image.
+Cases: the devfile's image, environment (in a reviewer's shell too), memory
+limit, volume and postStart commands are applied, and the comment names the
+endpoint with the setting that exposes it (exposed endpoints:
+tests/test_endpoints_workspace.py); an invalid devfile fails the workspace with
+a comment naming the key and line; a devfile registry sample fails with a
+comment naming each of its four unsupported features (more than the problems
+spelled out in full); an image outside the admin's allow-list is refused; after
+a fork approval, the devfile is read from the approved commit, not the fork's
+newer head; a project without a devfile gets the default image.
 """
 
 import subprocess
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import harness, services
-from tests.gitlab_double import DEVELOPER
+from bot import accounts
+from tests import harness, live, services
+from tests.gitlab_double import DEVELOPER, REPORTER
 
 DEVFILE_IMAGE = "localhost/rwbot-devfile:test"
 
@@ -97,6 +98,12 @@ def test_the_devfile_shapes_the_workspace(stack, project):
     assert "v1" in stack.run_in(mr, "cat", "/var/log/rwbot-poststart.log")
     body = stack.comment(mr)
     assert "ready" in body and "endpoints" in body and "postStart" in body
+
+    rita = stack.gitlab.add_user("rita")
+    stack.gitlab.set_member(project, rita, REPORTER)
+    live.signed_in(stack, project, mr, rita)  # joins: her account is made
+    shell = accounts.shell_argv("rita", 'echo "$GREETING as $(whoami)"')
+    assert stack.run_in(mr, *shell) == "hello from the devfile as rita\n"
 
 
 def test_an_invalid_devfile_fails_the_workspace_naming_key_and_line(stack, project):

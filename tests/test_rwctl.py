@@ -5,19 +5,19 @@ util-linux setpriv) and a busybox-only image built here from Debian's static
 busybox (no adduser applet, no setpriv --reuid: the tool edits the account files
 itself and drops privileges with su). Containers get the bot's hardening.
 
-Cases: init (checkout modes, idempotence, gid conflicts); adduser (uid, 0700
-home, gitconfig, authorized_keys, idempotence, key replacement, concurrent calls,
-role changes both ways, unlocking); ``--uid auto`` (the lowest uid from 10000
-that no record, account or group has; the same one again for the same person,
-also after the account files were reset; distinct under concurrent calls);
-checkout permissions for read and write users; homes private to their owner;
-shell as the user with no way back to root; lock (kills processes, refuses shell;
-needs CAP_KILL; ends a shell recorded for the user that has not dropped root
-yet, and no other); the tool's own lock (taken over from a holder that is gone,
-also when its pid lives on in another process; waited for while it lives);
-refusing to take over reserved names, image accounts and uids of other GitLab
-users; bad input of every kind exits 2 and changes nothing
-(hypothesis); shell metacharacters in values never run.
+Cases: init (checkout modes, idempotence, gid conflicts); adduser (uid, 0700 home,
+gitconfig, authorized_keys, idempotence, key replacement, concurrent calls, role
+changes both ways, unlocking); ``--uid auto`` (the lowest uid from 10000 that no
+record, account or group has; the same one again for the same person, also after the
+account files were reset; distinct under concurrent calls); checkout permissions for
+read and write users; homes private to their owner; shell as the user with no way
+back to root, in the container's environment (quoting kept) under the account's own
+HOME, USER and LOGNAME; lock (kills processes, refuses shell; needs CAP_KILL; ends a
+shell recorded for the user that has not dropped root yet, and no other); the tool's
+own lock (taken over from a holder that is gone, also when its pid lives on in
+another process; waited for while it lives); refusing to take over reserved names,
+image accounts and uids of other GitLab users; bad input of every kind exits 2 and
+changes nothing (hypothesis); shell metacharacters in values never run.
 """
 
 from __future__ import annotations
@@ -203,11 +203,15 @@ def _tool_archive() -> bytes:
 
 
 def _start_workspace(
-    client: docker.DockerClient, image: str, caps: list[str] = HARDENING_CAPS
+    client: docker.DockerClient,
+    image: str,
+    caps: list[str] = HARDENING_CAPS,
+    environment: dict[str, str] | None = None,
 ) -> Workspace:
     container = client.containers.run(
         image,
         ["sleep", "infinity"],
+        environment=environment,
         detach=True,
         cap_drop=["ALL"],
         cap_add=caps,
@@ -485,6 +489,32 @@ def test_shell_refuses_users_it_did_not_create(ws: Workspace) -> None:
 
         assert result.code == 3, name
         assert "not a workspace user" in result.err
+
+
+def test_shells_get_the_containers_environment_under_their_own_account(
+    client: docker.DockerClient, image: str
+) -> None:
+    devfile_env = {
+        "GREETING": "hello from the devfile",
+        "TRICKY": 'it\'s "quoted" $HOME `id` \\ and\nsecond line',
+        "HOME": "/root",  # the container's, not the reviewer's
+        "USER": "root",
+    }
+    ws = _start_workspace(client, image, environment=devfile_env)
+    try:
+        assert ws.adduser("alice", 7).code == 0
+        seen = ws.as_user(
+            "alice",
+            'printf "%s|" "$GREETING" "$TRICKY" "$HOME" "$USER" "$LOGNAME"; id -u',
+        )
+        assert seen.code == 0, seen.err
+        assert seen.out == (
+            f"hello from the devfile|{devfile_env['TRICKY']}|/home/alice|alice|alice|"
+            "100007\n"
+        )
+        assert _mode(ws, "/etc/rwbot/environment") == "644 root root"
+    finally:
+        _stop(ws)
 
 
 # --- lock ---------------------------------------------------------------------------

@@ -256,18 +256,20 @@ class DockerRuntime(Runtime):
         return self._client.containers.create(
             image,
             # Prepare, mark, then idle: every start (also after a stop) runs
-            # the idempotent `rwctl init` again. Arguments, never a string.
+            # the idempotent `rwctl init` again. Arguments, never a string;
+            # the environment is the devfile's alone, as reviewers see it.
             [
                 "sh",
                 "-c",
-                'umask 022; "$@" && touch "$RWBOT_MARKER" && exec sleep infinity',
+                'umask 022; m=$1; shift; "$@" && touch "$m" && exec sleep infinity',
                 "rwbot-start",
+                marker,
                 *accounts.init_argv(spec.checkout_dir),
             ],
             name=self._name(spec.key),
             hostname=f"ws-{spec.key.slug()}",
             labels={**labels, ENDPOINTS: workspace.endpoint_record(plan)},
-            environment={**environment, "RWBOT_MARKER": marker},
+            environment=environment,
             init=True,
             mem_limit=memory,
             nano_cpus=int(cpus * 1e9),

@@ -33,6 +33,10 @@
 # shellcheck disable=SC2016
 set -eu
 
+# The environment the container was given (its image's and the devfile's),
+# taken before this script changes any of it: init keeps it for the shells.
+inherited_env=$(export -p)
+
 LC_ALL=C
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export LC_ALL PATH
@@ -45,7 +49,17 @@ LOCK=$STATE_DIR/lock-holder
 SESSIONS_DIR=$STATE_DIR/sessions
 SHELLS_DIR=$STATE_DIR/shells
 PROFILE_SNIPPET=/etc/profile.d/rwbot.sh
+ENV_FILE=/etc/rwbot/environment
 USER_PATH=/usr/local/bin:/usr/bin:/bin
+# How a reviewer's shell starts, run as the reviewer once privileges are gone:
+# the container's environment (ENV_FILE, as `export -p` wrote it), then the
+# account's own HOME, USER, LOGNAME, SHELL and TERM over it.
+ENV_WRAPPER='_rwbot_h=$HOME _rwbot_u=$USER _rwbot_s=$SHELL _rwbot_t=$TERM
+if [ -r /etc/rwbot/environment ]; then . /etc/rwbot/environment; fi
+export HOME="$_rwbot_h" USER="$_rwbot_u" LOGNAME="$_rwbot_u" SHELL="$_rwbot_s"
+export TERM="$_rwbot_t"
+unset _rwbot_h _rwbot_u _rwbot_s _rwbot_t
+exec "$@"'
 MIN_UID=${RWCTL_MIN_UID:-10000}
 # The highest uid "--uid auto" gives: 65534 is nobody's, and a user namespace
 # maps no more than 0-65535.
@@ -662,6 +676,13 @@ if [ "\$(id -u)" -ge $MIN_UID ]; then umask 002; fi
 EOF
     run chmod 0644 "$PROFILE_SNIPPET.tmp"
     run mv -f "$PROFILE_SNIPPET.tmp" "$PROFILE_SNIPPET"
+
+    # Anyone may read it: it holds the image's and the devfile's settings,
+    # which the merge request shows anyway, and never a credential.
+    run mkdir -p "${ENV_FILE%/*}"
+    printf '%s\n' "$inherited_env" >"$ENV_FILE.tmp"
+    run chmod 0644 "$ENV_FILE.tmp"
+    run mv -f "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
 cmd_adduser() {
@@ -886,10 +907,11 @@ cmd_shell() {
     fi
     cd "$directory" || die 1 "failed: cd"
     umask 002
+    set -- /bin/sh -c "$ENV_WRAPPER" rwctl-env "$shell" -l
     if [ "$has_command" = 1 ]; then
-        run_as "$name" "$home" "$shell" "$shell" -l -c "$command"
+        run_as "$name" "$home" "$shell" "$@" -c "$command"
     fi
-    run_as "$name" "$home" "$shell" "$shell" -l
+    run_as "$name" "$home" "$shell" "$@"
 }
 
 cmd_lock() {
