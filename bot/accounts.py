@@ -185,6 +185,26 @@ def usable_keys(keys: Iterable[str]) -> list[str]:
     return usable
 
 
+def run_argv(
+    command: str, directory: str, log: str, group: str = SHARED_GROUP
+) -> list[str]:
+    """Run a devfile's postStart ``command`` in ``directory`` as the tool's own
+    devfile account (never root, never a reviewer; a member of ``group``, so it
+    may write the checkout), its output appended to ``log``."""
+    return [
+        TOOL_PATH,
+        "run",
+        "--group",
+        group,
+        "--directory",
+        directory,
+        "--log",
+        log,
+        "--command",
+        command,
+    ]
+
+
 def init_argv(
     checkout: str, group: str = SHARED_GROUP, gid: int = SHARED_GID
 ) -> list[str]:

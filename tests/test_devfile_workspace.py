@@ -47,7 +47,7 @@ commands:
   - id: prepare
     exec:
       component: tooling
-      commandLine: echo "$GREETING" > prepared.txt && echo {marker}
+      commandLine: echo "$GREETING by $(id -un)" > prepared.txt && echo {marker}
 events:
   postStart:
     - prepare
@@ -93,7 +93,7 @@ def test_the_devfile_shapes_the_workspace(stack, project):
     checkout = "/workspace/team/app"
     assert (
         stack.run_in(mr, "cat", f"{checkout}/prepared.txt")
-        == "hello from the devfile\n"
+        == "hello from the devfile by rwbot-devfile\n"  # the MR's code: not root
     )
     assert "v1" in stack.run_in(mr, "cat", "/var/log/rwbot-poststart.log")
     body = stack.comment(mr)

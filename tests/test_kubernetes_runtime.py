@@ -832,7 +832,9 @@ components:
     container: {image: registry.example.com/node:22}
 commands:
   - id: install
-    exec: {component: tools, commandLine: echo "installed in $(pwd)" >> started}
+    exec:
+      component: tools
+      commandLine: echo "installed in $(pwd) by $(id -un)" >> started
   - id: broken
     exec: {component: tools, commandLine: exit 3}
 events:
@@ -861,9 +863,12 @@ def test_post_start_commands_run_over_exec_once_the_pod_is_ready_in_every_pod(
         f"Ran 2 postStart command(s); output in {log}",
     )
     started = in_pod.exec(KEY, ["cat", f"{checkout}/started"])
-    assert started == base.ExecResult(0, f"installed in {checkout}\n".encode())
+    installed = f"installed in {checkout} by rwbot-devfile\n"
+    assert started == base.ExecResult(0, installed.encode())
     written = in_pod.exec(KEY, ["cat", log]).output
-    assert written.startswith(b'== echo "installed in $(pwd)" >> started\n')
+    assert written.startswith(
+        b'== echo "installed in $(pwd) by $(id -un)" >> started\n'
+    )
     assert in_pod.status(KEY).phase is base.Phase.RUNNING
     assert in_pod.ensure_running(make_spec(source)).phase is base.Phase.RUNNING
 

@@ -517,6 +517,68 @@ def test_shells_get_the_containers_environment_under_their_own_account(
         _stop(ws)
 
 
+# --- run: postStart commands -------------------------------------------------------
+
+LOG = "/var/log/rwbot-poststart.log"
+
+
+def _run(ws: Workspace, command: str, directory: str = CHECKOUT) -> Result:
+    return ws.rwctl(*accounts.run_argv(command, directory, LOG)[1:])
+
+
+def test_run_is_the_devfile_account_writing_the_checkout_never_root(
+    ws: Workspace,
+) -> None:
+    ran = _run(ws, 'id -un; id -u; pwd; echo made > made.txt; echo "$HOME" >&2')
+
+    assert ran.code == 0, ran.err
+    assert ran.out == ran.err == ""  # all of it went to the log
+    uid = ws.root_sh("id -u rwbot-devfile").out.strip()
+    assert 9000 <= int(uid) < 10000  # below every reviewer's
+    assert ws.root_sh(f"cat {LOG}").out == (
+        '== id -un; id -u; pwd; echo made > made.txt; echo "$HOME" >&2\n'
+        f"rwbot-devfile\n{uid}\n{CHECKOUT}\n/home/rwbot-devfile\n"
+    )
+    assert _mode(ws, f"{CHECKOUT}/made.txt") == "664 rwbot-devfile rwbot-write"
+    assert _mode(ws, LOG) == "644 root root"
+    assert _run(ws, "touch /etc/owned").code == 1
+    assert _run(ws, "exit 7").code == 7
+    assert ws.root_sh("test -e /etc/owned").code == 1
+    assert "rwbot-devfile" not in ws.rwctl("users").out  # no reviewer
+
+
+def test_run_keeps_its_uid_when_the_account_files_are_reset(ws: Workspace) -> None:
+    assert _run(ws, "true").code == 0
+    uid = ws.root_sh("id -u rwbot-devfile").out.strip()
+    # A new pod: the image's account files again, the state directory kept.
+    reset = ws.root_sh(
+        "sed -i '/^rwbot-devfile:/d' /etc/passwd /etc/group"
+        " && sed -i 's/,rwbot-devfile//; s/:rwbot-devfile$/:/' /etc/group"
+    )
+    assert reset.code == 0, reset.err
+
+    assert _run(ws, "true").code == 0
+    assert ws.root_sh("id -u rwbot-devfile").out.strip() == uid
+
+
+def test_run_refuses_what_it_cannot_do_safely(ws: Workspace) -> None:
+    assert _run(ws, "true", directory="relative/dir").code == 2
+    assert _run(ws, "true", directory="/etc").code == 2
+    assert ws.root_sh(f"test -e {LOG}").code == 1  # nothing ran, nothing logged
+    assert ws.root_sh(f"mkdir -p /var/log && ln -s /etc/shadow {LOG}").code == 0
+    refused = _run(ws, "true")
+    assert refused.code == 3 and "symbolic link" in refused.err
+
+
+def test_run_never_takes_over_an_image_account_of_its_name(ws: Workspace) -> None:
+    account = "rwbot-devfile:x:4000:4000::/nonexistent:/bin/false"
+    assert ws.root_sh(f"echo '{account}' >>/etc/passwd").code == 0
+
+    refused = _run(ws, "id")
+
+    assert refused.code == 3 and "name-taken" in refused.err
+
+
 # --- lock ---------------------------------------------------------------------------
 
 
@@ -815,6 +877,14 @@ def test_bad_input_exits_2_and_changes_nothing(
         ["init", "--checkout", "/workspace/../etc", "--group", "g", "--gid", "4243"],
         ["init", "--checkout", "relative", "--group", "g", "--gid", "4243"],
         ["init", "--checkout", CHECKOUT, "--group", "g", "--gid", "0"],
+        ["run", "--group", "rwbot-write", "--directory", CHECKOUT, "--log", LOG],
+        ["run", "--group", "Bad", "--directory", CHECKOUT, "--log", LOG, "--command=x"],
+        ["run", "--group", "g", "--directory", CHECKOUT, "--log", "x", "--command", ""],
+        [
+            "run",
+            *["--group", "g", "--directory", CHECKOUT, "--log", LOG],
+            *["--command", "a", "--command", "b"],
+        ],
     ],
 )
 def test_malformed_command_lines_exit_2(shared_ws: Workspace, args: list[str]) -> None:

@@ -288,28 +288,15 @@ class DockerRuntime(Runtime):
         the workspace; a failing one is reported, and the rest still run."""
         notes = []
         for command in plan.post_start:
-            code, _ = container.exec_run(
-                [
-                    "sh",
-                    "-c",
-                    workspace.POST_START_SCRIPT,
-                    "post-start",
-                    command.command_line,
-                    workspace.POST_START_LOG,
-                ],
-                workdir=command.working_dir or spec.checkout_dir,
-                environment=dict(plan.env),
+            argv = workspace.post_start_argv(
+                command.command_line, command.working_dir or spec.checkout_dir
             )
-            if code != 0:
-                notes.append(
-                    f"postStart command {command.id} failed (exit {code}); its "
-                    f"output is in {workspace.POST_START_LOG}"
-                )
+            code, output = container.exec_run(argv, user="root")
+            note = workspace.post_start_note(command.id, code, output or b"")
+            if note is not None:
+                notes.append(note)
         if plan.post_start:
-            notes.append(
-                f"Ran {len(plan.post_start)} postStart command(s); output in "
-                f"{workspace.POST_START_LOG}"
-            )
+            notes.append(workspace.post_start_summary(len(plan.post_start)))
         return notes
 
     def _must(self, container: Any, argv: list[str]) -> None:

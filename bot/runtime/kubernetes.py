@@ -55,9 +55,6 @@ log = logging.getLogger(__name__)
 #: Oldest and newest Kubernetes minor the manifests and chart are checked against.
 SUPPORTED_KUBERNETES = ("1.29", "1.37")
 
-#: Runs in the postStart command's directory (a devfile's workingDir, else the
-#: checkout): exec has no working directory of its own.
-_IN_DIRECTORY = 'cd "$1" || exit; shift; exec sh -c "$@"'
 #: Reads a bundle of exactly $2 bytes from stdin (exec over WebSocket cannot
 #: close stdin), then fast-forwards the checkout $1 to $3; git refuses, and
 #: changes nothing, when local changes or local commits would be affected. The
@@ -248,32 +245,17 @@ class KubernetesRuntime(base.Runtime):
         steps = manifests.post_start_of(deployment)
         notes = list(manifests.notes_of(deployment))
         for step in steps:
-            argv = [
-                "sh",
-                "-c",
-                _IN_DIRECTORY,
-                "post-start",
-                step.directory,
-                workspace.POST_START_SCRIPT,
-                "post-start",
-                step.command_line,
-                workspace.POST_START_LOG,
-            ]
+            argv = workspace.post_start_argv(step.command_line, step.directory)
             ws = self._exec.open(namespace, pod["metadata"]["name"], argv, tty=False)
             try:
-                code = stream.run(ws, self._config.exec_timeout).exit_code
+                ran = stream.run(ws, self._config.exec_timeout)
             except TemporaryError as err:
                 notes.append(f"postStart command {step.id} did not finish: {err}")
                 continue
-            if code != 0:
-                notes.append(
-                    f"postStart command {step.id} failed (exit {code}); its "
-                    f"output is in {workspace.POST_START_LOG}"
-                )
-        notes.append(
-            f"Ran {len(steps)} postStart command(s); output in "
-            f"{workspace.POST_START_LOG}"
-        )
+            note = workspace.post_start_note(step.id, ran.exit_code, ran.output)
+            if note is not None:
+                notes.append(note)
+        notes.append(workspace.post_start_summary(len(steps)))
         self._cluster.patch_deployment(
             namespace,
             {"metadata": {"annotations": {manifests.POST_START_POD: _uid(pod)}}},

@@ -13,16 +13,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot import devfile, endpoints
+from bot import accounts, devfile, endpoints
 from bot.devfile import quantity
 from bot.errors import PermanentError
 
 #: Where postStart commands' output goes inside the workspace (readable by all
 #: joined reviewers, like the checkout).
 POST_START_LOG = "/var/log/rwbot-poststart.log"
-#: Runs one postStart command line and appends its output to the log; the
-#: command line and log path come in as arguments, never spliced into a string.
-POST_START_SCRIPT = 'umask 002; printf "== %s\\n" "$1" >>"$2"; sh -c "$1" >>"$2" 2>&1'
+
+
+def post_start_argv(command_line: str, directory: str) -> list[str]:
+    """Run one postStart command line in ``directory``: as the workspace's
+    devfile account, never as root (:func:`bot.accounts.run_argv`), with the
+    command line an argument, never spliced into a string."""
+    return accounts.run_argv(command_line, directory, POST_START_LOG)
+
+
+def post_start_note(command_id: str, code: int, output: bytes) -> str | None:
+    """What the MR comment says of a postStart command that ran: nothing when
+    it succeeded. Its own output goes to the log, so anything in ``output`` is
+    the tool's reason for not running it (a working directory it refuses)."""
+    if code == 0:
+        return None
+    said = output.decode(errors="replace").strip()
+    if said:
+        return f"postStart command {command_id} was not run: {said[-300:]}"
+    return (
+        f"postStart command {command_id} failed (exit {code}); its output is in "
+        f"{POST_START_LOG}"
+    )
+
+
+def post_start_summary(count: int) -> str:
+    return f"Ran {count} postStart command(s); output in {POST_START_LOG}"
 
 
 @dataclass(frozen=True)

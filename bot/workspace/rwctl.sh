@@ -15,6 +15,7 @@
 #   rwctl shell --name LINUXNAME [--command STRING] [--session ID]
 #   rwctl end --session ID
 #   rwctl lock --name LINUXNAME
+#   rwctl run --group NAME --directory DIR --log FILE --command STRING
 #   rwctl users
 #
 # Exit codes: 0 ok, 2 bad input, 3 conflict or refused, 1 any other failure.
@@ -65,6 +66,11 @@ MIN_UID=${RWCTL_MIN_UID:-10000}
 # maps no more than 0-65535.
 MAX_AUTO_UID=65533
 MAX_ID=2147483647
+# The account a devfile's postStart commands run as: the merge request's code,
+# which must not run as root, owned by no reviewer. Its uid comes from below
+# the reviewers' range and is kept in DEVFILE_UID_FILE across restarts.
+DEVFILE_ACCOUNT=rwbot-devfile
+DEVFILE_UID_FILE=$STATE_DIR/devfile-uid
 MAX_KEYS=100
 
 # Names the tool never gives to a reviewer, even if the image lacks them; names
@@ -307,8 +313,9 @@ db_field() {
     ' "$1"
 }
 
-# lowest_free_uid: the lowest uid from MIN_UID to MAX_AUTO_UID that no record
-# (a locked or half-created account too), account or group has; empty if none.
+# lowest_free_uid [FIRST LAST]: the lowest uid from FIRST to LAST (MIN_UID to
+# MAX_AUTO_UID) that no record (a locked or half-created account too), account
+# or group has; empty if none.
 lowest_free_uid() {
     {
         if [ -f "$USERS_DB" ]; then
@@ -316,7 +323,7 @@ lowest_free_uid() {
         fi
         cut -d: -f 3 /etc/passwd
         cut -d: -f 3 /etc/group
-    } | FIRST=$MIN_UID LAST=$MAX_AUTO_UID awk '
+    } | FIRST=${1:-$MIN_UID} LAST=${2:-$MAX_AUTO_UID} awk '
         { used[$1] = 1 }
         END {
             for (uid = ENVIRON["FIRST"] + 0; uid <= ENVIRON["LAST"] + 0; uid++)
@@ -623,6 +630,12 @@ once() {
     [ -z "$2" ] || bad "$1" "given twice"
 }
 
+# set_command VALUE: --command, which may be empty, but not given twice.
+set_command() {
+    [ "$has_command" = 0 ] || bad --command "given twice"
+    has_command=1 command=$1
+}
+
 cmd_init() {
     checkout='' group='' gid=''
     while [ "$#" -gt 0 ]; do
@@ -874,10 +887,7 @@ cmd_shell() {
         case $1 in
             --name) once "$1" "$name"; name=$2 ;;
             --session) once "$1" "$session"; session=$2 ;;
-            --command)
-                [ "$has_command" = 0 ] || bad --command "given twice"
-                has_command=1 command=$2
-                ;;
+            --command) set_command "$2" ;;
             *) bad argument "unknown option" ;;
         esac
         shift 2
@@ -975,6 +985,70 @@ cmd_end() {
     done
 }
 
+# The account postStart commands run as, made on first use: an image account
+# of that name is never taken over, and the uid it had is given again when the
+# account files were reset (a new pod), unless something else has it now.
+ensure_devfile_account() {
+    group=$1
+    kept=$(cat "$DEVFILE_UID_FILE" 2>/dev/null || true)
+    uid=$(db_field /etc/passwd 1 "$DEVFILE_ACCOUNT" 3)
+    if [ -n "$uid" ]; then
+        [ "$uid" = "$kept" ] || die 3 "name-taken: $DEVFILE_ACCOUNT is the image's"
+    else
+        if ! is_decimal "$kept" || [ -n "$(db_field /etc/passwd 3 "$kept" 1)" ] ||
+            [ -n "$(db_field /etc/group 3 "$kept" 1)" ]; then
+            kept=$(lowest_free_uid $((MIN_UID - 1000)) $((MIN_UID - 1)))
+            [ -n "$kept" ] || die 1 "failed: no free uid below $MIN_UID"
+        fi
+        printf '%s\n' "$kept" >"$DEVFILE_UID_FILE"
+        add_account "$DEVFILE_ACCOUNT" "$kept" "$(nologin_shell)"
+        uid=$kept
+    fi
+    add_member "$DEVFILE_ACCOUNT" "$group"
+}
+
+# Run one postStart command as DEVFILE_ACCOUNT in DIR, in the container's
+# environment, its output appended to FILE (which root opens: the command can
+# add to it but not replace it); the exit code is the command's.
+cmd_run() {
+    group='' directory='' log='' command='' has_command=0
+    while [ "$#" -gt 0 ]; do
+        need_value "$@"
+        case $1 in
+            --group) once "$1" "$group"; group=$2 ;;
+            --directory) once "$1" "$directory"; directory=$2 ;;
+            --log) once "$1" "$log"; log=$2 ;;
+            --command) set_command "$2" ;;
+            *) bad argument "unknown option" ;;
+        esac
+        shift 2
+    done
+    is_linux_name "$group" || bad --group "must match ^[a-z_][a-z0-9_-]{0,31}\$"
+    is_checkout_path "$directory" || bad --directory "must be an absolute plain path"
+    is_checkout_path "$log" || bad --log "must be an absolute plain path"
+    [ "$has_command" = 1 ] || bad --command "missing"
+
+    acquire_lock
+    [ -n "$(db_field /etc/group 1 "$group" 3)" ] ||
+        die 3 "refused: group $group does not exist (run init first)"
+    ensure_devfile_account "$group"
+    release_lock
+
+    home=$(db_field /etc/passwd 1 "$DEVFILE_ACCOUNT" 6)
+    [ -d "$home" ] || run mkdir -p "$home"
+    run chown -h "$uid:$uid" "$home"
+    run chmod 0700 "$home"
+    [ -L "$log" ] && die 3 "refused: --log is a symbolic link"
+    run mkdir -p "${log%/*}"
+    : >>"$log"
+    run chmod 0644 "$log"
+    printf '== %s\n' "$command" >>"$log"
+    cd "$directory" || die 1 "failed: cd"
+    umask 002
+    run_as "$DEVFILE_ACCOUNT" "$home" /bin/sh /bin/sh -c "$ENV_WRAPPER" rwctl-env \
+        /bin/sh -c "$command" >>"$log" 2>&1
+}
+
 cmd_users() {
     [ "$#" -eq 0 ] || bad argument "users takes no options"
     if [ -f "$USERS_DB" ]; then
@@ -987,7 +1061,7 @@ main() {
     if ! is_decimal "$MIN_UID" || [ "$MIN_UID" -lt 1000 ]; then
         die 1 "failed: RWCTL_MIN_UID must be a decimal number >= 1000"
     fi
-    [ "$#" -ge 1 ] || bad verb "missing (init, adduser, shell, end, lock, users)"
+    [ "$#" -ge 1 ] || bad verb "missing (init, adduser, shell, end, lock, run, users)"
     verb=$1
     shift
     case $verb in
@@ -996,8 +1070,9 @@ main() {
         shell) cmd_shell "$@" ;;
         end) cmd_end "$@" ;;
         lock) cmd_lock "$@" ;;
+        run) cmd_run "$@" ;;
         users) cmd_users "$@" ;;
-        *) bad verb "must be init, adduser, shell, end, lock or users" ;;
+        *) bad verb "must be init, adduser, shell, end, lock, run or users" ;;
     esac
 }
 
