@@ -1,8 +1,11 @@
 """Webhook intake: the bot's ``POST /webhooks/gitlab`` against a bare Flask app.
 
-Both apps run under gunicorn with the same settings (1 gthread worker of 8
-threads) on loopback; the bot stores each delivery in a fresh, migrated SQLite
-file. Two figures, each for the bot and the bare app:
+Both apps run under gunicorn with the same settings (``--workers`` gthread
+workers of 8 threads, 1 by default) on loopback; the bot stores each delivery
+in a fresh, migrated SQLite file, or with ``--postgres`` in a new database on a
+PostgreSQL server started for the run (as ``benchmarks.open --postgres`` does).
+Each worker builds its own app, as in production, and no run starts before
+every worker of both apps has. Two figures, each for the bot and the bare app:
 
 1. Throughput: wrk keeps ``--concurrency`` requests in flight for
    ``--duration`` seconds; deliveries answered 2xx per second.
@@ -14,7 +17,8 @@ Every request is the recorded ``tests/samples/mr_open.json`` with its own
 are counted against the 2xx answers. Goals: bot throughput at least 0.5x the
 bare app's; p99 acknowledgement at most 25 ms at 500 deliveries/s.
 
-Run: ``.venv/bin/python -m benchmarks.intake [--duration 7] [--json out.json]``.
+Run: ``.venv/bin/python -m benchmarks.intake [--duration 7] [--workers 1]
+[--postgres] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -33,14 +37,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from flask import Flask
 
-from benchmarks import _paced, _report
+from benchmarks import _apps, _paced, _report
 from benchmarks._apps import WEBHOOK_PATH
 from bot.store import Delivery, Store
 
@@ -54,12 +59,17 @@ EVENT = "Merge Request Hook"
 
 THROUGHPUT_GOAL = 0.5  # bot / bare
 P99_GOAL_MS = 25.0
+#: Tells each gunicorn worker where to say that it has built its app.
+READY_DIR_ENV = "BENCH_READY_DIR"
 
 
 @dataclass(frozen=True)
 class Server:
     name: str
     port: int
+    workers: int
+    #: Where each worker leaves a file once it has built its app.
+    ready_dir: Path
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         "--repeat", type=int, default=3, help="runs per app and figure (default 3)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gunicorn worker processes, for both apps (default 1)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="store on a PostgreSQL server started for the run, not SQLite",
+    )
+    parser.add_argument(
         "--profile-requests",
         type=int,
         default=2000,
@@ -128,14 +149,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(options: argparse.Namespace) -> dict[str, Any]:
     webhook_secret = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="rwbot-bench-") as tmp:
-        database_url = f"sqlite:///{tmp}/bot.db"
+    with (
+        tempfile.TemporaryDirectory(prefix="rwbot-bench-") as tmp_name,
+        contextlib.ExitStack() as services_up,
+    ):
+        tmp = Path(tmp_name)
+        new_database = _databases(options.postgres, tmp, services_up)
+        database_url = new_database("bot")
         store = Store(database_url)
         store.migrate()
         env = _bot_env(database_url, webhook_secret)
         with (
-            _serve("bot", "bot_app()", env, Path(tmp) / "bot.log") as bot,
-            _serve("bare", "bare_app()", {}, Path(tmp) / "bare.log") as bare,
+            _serve("bot", "bot_app", env, tmp, options.workers) as bot,
+            _serve("bare", "bare_app", {}, tmp, options.workers) as bare,
         ):
             servers = (bot, bare)
             for server in servers:
@@ -155,10 +181,27 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
         figures = _figures(options, wrk_runs, paced_runs, verification)
         missed = any(row["met"] is False for row in figures["rows"])
         if missed and options.profile_requests > 0:
-            figures["profile"] = _profile(tmp, webhook_secret, options.profile_requests)
+            figures["profile"] = _profile(
+                new_database("profile"), webhook_secret, options.profile_requests
+            )
         store.dispose()
 
     return figures
+
+
+def _databases(
+    postgres: bool, tmp: Path, services_up: contextlib.ExitStack
+) -> Callable[[str], str]:
+    """How to make a new, empty database for this run: give it a name, get its
+    URL. SQLite files in ``tmp``, or databases on a PostgreSQL server that
+    ``services_up`` stops at the end."""
+    if not postgres:
+        return lambda name: f"sqlite:///{tmp}/{name}.db"
+
+    from tests import services
+
+    server = services_up.enter_context(services.postgres_server())
+    return lambda _name: services.create_database(server)
 
 
 # -- servers ------------------------------------------------------------------
@@ -178,9 +221,11 @@ def _bot_env(database_url: str, webhook_secret: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _serve(
-    name: str, factory: str, env: dict[str, str], log_path: Path
+    name: str, factory: str, env: dict[str, str], tmp: Path, workers: int
 ) -> Iterator[Server]:
     port = _free_port()
+    ready_dir = tmp / f"{name}-ready"
+    ready_dir.mkdir()
     argv = [
         sys.executable,
         "-m",
@@ -192,19 +237,24 @@ def _serve(
         "--threads",
         "8",
         "--workers",
-        "1",
+        str(workers),
         "--log-level",
         "warning",
-        f"benchmarks._apps:{factory}",
+        f"benchmarks.intake:served_app({factory!r})",
     ]
-    child_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    log.info("starting %s on port %d", name, port)
-    with open(log_path, "wb") as log_file:
+    child_env = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": str(ROOT),
+        READY_DIR_ENV: str(ready_dir),
+    }
+    log.info("starting %s on port %d with %d workers", name, port, workers)
+    with open(tmp / f"{name}.log", "wb") as log_file:
         proc = subprocess.Popen(
             argv, cwd=ROOT, env=child_env, stdout=log_file, stderr=log_file
         )
         try:
-            yield Server(name, port)
+            yield Server(name, port, workers, ready_dir)
         finally:
             proc.terminate()
             try:
@@ -212,6 +262,20 @@ def _serve(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def served_app(factory: str) -> Flask:
+    """What each gunicorn worker serves: the app ``benchmarks._apps.<factory>()``
+    builds; then a file named after the worker's pid in ``$BENCH_READY_DIR``.
+
+    A worker still building its app accepts no connection, and wrk keeps the
+    connections it opens first for the whole run: a run started before every
+    worker is up would measure fewer of them.
+    """
+    app: Flask = getattr(_apps, factory)()
+    (Path(os.environ[READY_DIR_ENV]) / str(os.getpid())).touch()
+
+    return app
 
 
 def _free_port() -> int:
@@ -230,9 +294,15 @@ def _headers(webhook_secret: str, key: str) -> dict[str, str]:
 
 
 def _wait_ready(server: Server, webhook_secret: str, timeout: float = 30.0) -> None:
-    """Wait until the app answers a real delivery (which is stored)."""
+    """Wait until every worker has built its app and the app answers a real
+    delivery (which is stored)."""
     body = PAYLOAD.read_bytes()
     deadline = time.monotonic() + timeout
+    while len(list(server.ready_dir.iterdir())) < server.workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{server.name}: not every worker started")
+        time.sleep(0.2)
+
     while True:
         conn = http.client.HTTPConnection(HOST, server.port, timeout=5)
         try:
@@ -453,13 +523,17 @@ def _figures(
         ),
     ]
     machine = _report.machine()
+    database = "PostgreSQL" if options.postgres else "SQLite"
     title = (
-        f"Webhook intake: gunicorn gthread 1x8, SQLite, {options.duration:g} s "
-        f"per run, {machine['cores']} cores, {machine['date']}"
+        f"Webhook intake: gunicorn gthread {options.workers}x8 for both, "
+        f"{database}, {options.duration:g} s per run, {machine['cores']} cores, "
+        f"{machine['date']}"
     )
 
     return {
         "benchmark": "intake",
+        "database": database.lower(),
+        "workers": options.workers,
         "machine": machine,
         "options": vars(options),
         "table": _report.table(title, "bare", rows),
@@ -491,13 +565,12 @@ def _figures(
     }
 
 
-def _profile(tmp: str, webhook_secret: str, count: int) -> str:
+def _profile(database_url: str, webhook_secret: str, count: int) -> str:
     """Deliveries through the bot's handler in this process, under cProfile."""
     from bot import app as bot_app_module
     from bot import logs
     from bot import settings as settings_mod
 
-    database_url = f"sqlite:///{tmp}/profile.db"
     store = Store(database_url)
     store.migrate()
     env = {**os.environ, **_bot_env(database_url, webhook_secret)}
