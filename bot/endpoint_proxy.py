@@ -306,6 +306,8 @@ def _tunnel(
     fetch, a WebSocket from anywhere else would be free to read the answers.
     The connection ends when the cookie is due for its access check; the
     page's client then reconnects through it."""
+    if request.method != "GET":
+        return _page("Bad request", "A WebSocket is opened with GET.", 400)
     viewer = endpoint_tunnel.client_socket(request.environ)
     if viewer is None:
         return _page(

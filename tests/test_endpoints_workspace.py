@@ -268,6 +268,8 @@ def test_only_pages_of_the_workspace_reach_it_but_anyone_may_visit(stack, worksp
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
         "Sec-WebSocket-Version": "13",
     }
+    posted = on_endpoint(stack, f"{page}live", "POST", cookie=cookie, headers=upgrade)
+    assert posted.status_code == 400
     r = on_endpoint(stack, f"{page}live", headers=upgrade)  # no cookie
     assert r.status_code == 302  # to the entry route and its access check
     assert r.headers["Location"].startswith(entry_url(stack, project, mr))
