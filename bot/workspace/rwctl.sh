@@ -850,7 +850,6 @@ is_session_id() {
     [ "${#1}" -eq 32 ]
 }
 
-
 # Every shell is recorded under the lock, before it drops privileges, so that a
 # lock of its user that lands before the drop still finds it: its pid stays the
 # same through every exec up to the user's own shell. Records of shells that
