@@ -16,11 +16,12 @@ Cases:
   together are spread out by the backoff's jitter instead of arriving at once.
 - The workspace image is missing: the comment says failed and names the image;
   once the image exists, ``/workspace restart`` brings the workspace up.
-- An exec fails while the workspace is prepared (a postStart command broke
-  the bot's tool folder, so marking it prepared fails): the comment says failed
-  with the exec's output; once the devfile is fixed, ``/workspace restart``
-  brings it up. (A failing postStart command alone is a note in the comment,
-  not a failure: the workspace still works.)
+- An exec fails while the workspace is prepared (the devfile's image gives
+  the shared group's gid to a group of its own, so ``rwctl init`` refuses):
+  the comment says failed with the tool's output; once the devfile names
+  another image, ``/workspace restart`` brings it up. (A failing postStart
+  command is a note in the comment, not a failure: the workspace still works;
+  and it runs as the devfile account, which cannot break the bot's tool.)
 - The Podman API is unreachable: after a few attempts the comment says the bot
   is retrying and why; the running bot logs a retry of the workspace, never a
   failed pass, and once Podman is back the workspace converges, without
@@ -54,7 +55,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from bot import comments
+from bot import accounts, comments
 from bot.store import Delivery, Store, Workspace
 from tests import harness, services
 from tests.gitlab_double import DEVELOPER, GitLabDouble
@@ -411,32 +412,46 @@ def test_a_missing_image_fails_with_its_name_and_restart_recovers(
 
 #: A postStart command that leaves the bot's tool folder a plain file, so the
 #: exec that marks the workspace prepared (``touch /opt/rwbot/.ready``) fails.
-BREAKING_DEVFILE = """\
+#: An image whose /etc/group gives the shared group's gid to another group,
+#: so that `rwctl init` refuses to prepare a workspace of it.
+GID_TAKEN_IMAGE = "localhost/rwbot-gid-taken:test"
+IMAGE_DEVFILE = """\
 schemaVersion: 2.2.0
 components:
   - name: tooling
     container:
       image: {image}
-commands:
-  - id: break
-    exec:
-      component: tooling
-      commandLine: mv /opt/rwbot /opt/rwbot.moved && touch /opt/rwbot
-events:
-  postStart:
-    - break
 """
 
 
+@pytest.fixture
+def gid_taken_image(docker_host: str) -> Iterator[str]:
+    client = docker.DockerClient(base_url=docker_host)
+    line = f"other:x:{accounts.SHARED_GID}:"
+    script = f"echo '{line}' >>/etc/group"
+    maker = client.containers.run(
+        services.WORKSPACE_IMAGE, ["sh", "-c", script], detach=True
+    )
+    try:
+        assert maker.wait()["StatusCode"] == 0
+        repository, tag = GID_TAKEN_IMAGE.rsplit(":", 1)
+        maker.commit(repository=repository, tag=tag)
+    finally:
+        maker.remove(force=True)
+    yield GID_TAKEN_IMAGE
+    client.images.remove(GID_TAKEN_IMAGE, force=True)
+    client.close()
+
+
 def test_an_exec_failing_at_start_fails_with_its_output_and_restart_recovers(
-    docker_host: str, tmp_path: Path
+    docker_host: str, tmp_path: Path, gid_taken_image: str
 ) -> None:
     stack = harness.Stack(docker_host, tmp_path)
     try:
         project = stack.gitlab.add_project("team/app")
         dev = stack.gitlab.add_user("dana")
         stack.gitlab.set_member(project, dev, DEVELOPER)
-        devfile = BREAKING_DEVFILE.format(image=services.WORKSPACE_IMAGE)
+        devfile = IMAGE_DEVFILE.format(image=gid_taken_image)
         mr = stack.gitlab.open_mr(
             project, "feature", {".devfile.yaml": devfile}, author=dev
         )
@@ -446,12 +461,10 @@ def test_an_exec_failing_at_start_fails_with_its_output_and_restart_recovers(
         _converge_until(stack, lambda: stack.row(mr).phase in ("failed", "ready"))
         body = stack.comment(mr)
         assert "failed" in body and "preparing the workspace failed" in body, body
-        assert "Not a directory" in body, body
+        assert "gid-taken" in body, body  # rwctl init's own words
 
-        fixed = devfile.replace(
-            "mv /opt/rwbot /opt/rwbot.moved && touch /opt/rwbot", "echo fixed"
-        )
-        stack.gitlab.push(mr, {".devfile.yaml": fixed}, "Fix the postStart command")
+        fixed = IMAGE_DEVFILE.format(image=services.WORKSPACE_IMAGE)
+        stack.gitlab.push(mr, {".devfile.yaml": fixed}, "Use the team's image")
         stack.deliver(stack.gitlab.mr_hook(mr, "update"))
         _command(stack, mr, dev, "/workspace restart")
         _converge_until(stack, lambda: "ready" in stack.comment(mr))

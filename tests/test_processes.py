@@ -112,17 +112,18 @@ def test_migrate_with_a_bad_variable_prints_one_line_naming_it(name, env):
     ],
 )
 def test_gunicorn_with_a_bad_variable_stops_with_one_line_naming_it(name, env):
-    # Two workers: both fail to boot, and the master stops rather than
-    # forking new ones (the run would otherwise time out).
-    done = _run(_gunicorn(services.free_port(), workers=2), env)
+    # The worker fails to boot, and the master stops rather than forking new
+    # ones (the run would otherwise time out). One worker: with two, gunicorn's
+    # master now and then meets the second boot failure while it halts for the
+    # first and prints a traceback of its own (gunicorn 27, Arbiter.stop).
+    done = _run(_gunicorn(services.free_port(), workers=1), env)
     output = done.stdout + done.stderr
 
     assert done.returncode != 0
     assert "Traceback" not in output
     (line, *others) = _lines_naming(output, name)
     assert line.startswith(f"rwbot: {name}")
-    assert all(other == line for other in others)  # once per worker at most
-    assert len(others) <= 1
+    assert others == []
     assert "Worker failed to boot" in output
 
 
