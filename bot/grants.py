@@ -11,6 +11,8 @@ given (:func:`bot.commands.may_revoke`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import sqlalchemy as sa
 from sqlalchemy import orm
 
@@ -24,14 +26,12 @@ from bot.settings import Settings
 from bot.store import CommandNote, Grant, Member, Store, Workspace, utcnow
 
 
+@dataclasses.dataclass
 class Grants:
-    def __init__(
-        self, settings: Settings, store: Store, gitlab: Client, runtime: Runtime
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.gitlab = gitlab
-        self.runtime = runtime
+    settings: Settings
+    store: Store
+    gitlab: Client
+    runtime: Runtime
 
     def invite(
         self, session: orm.Session, ws: Workspace, note: CommandNote, command: Command

@@ -35,7 +35,7 @@ import docker
 import docker.errors
 import requests
 
-from bot import devfile, git
+from bot import accounts, devfile, git
 from bot.errors import PermanentError, TemporaryError
 from bot.runtime import workspace
 from bot.runtime.base import (
@@ -250,8 +250,6 @@ class DockerRuntime(Runtime):
                     labels=labels,
                 )
                 mounts[extra.name] = {"bind": v.path, "mode": "rw"}
-        from bot import accounts
-
         marker = READY_MARKER if plan is None or not plan.post_start else INIT_MARKER
         return self._client.containers.create(
             image,
